@@ -1,0 +1,73 @@
+"""create_app(settings): routes, middleware, lifespan."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.routing import Mount
+from starlette.staticfiles import StaticFiles
+from starlette.templating import Jinja2Templates
+
+from keybroker import db
+from keybroker.auth.challenges import DatabaseChallengeStore
+from keybroker.auth.passkeys import RelyingParty
+from keybroker.auth.sessions import SessionManager
+from keybroker.context import Context
+from keybroker.crypto.keyring import KeyRing
+from keybroker.resources import resource_dir
+from keybroker.settings import Settings
+from keybroker.web import auth_routes, pages
+from keybroker.web.headers import SecurityHeadersMiddleware
+
+logger = logging.getLogger("keybroker")
+
+
+def build_context(settings: Settings) -> Context:
+    engine = db.make_engine(settings.database_url)
+    return Context(
+        settings=settings,
+        engine=engine,
+        ring=KeyRing.parse(settings.master_keys),
+        sessions=SessionManager(engine, settings.secret_key, secure=settings.secure_cookies),
+        challenges=DatabaseChallengeStore(engine),
+        templates=Jinja2Templates(directory=resource_dir("templates")),
+        rp=RelyingParty(id=settings.rp_id, name="keybroker", origin=settings.origin),
+    )
+
+
+def create_app(settings: Settings, *, migrate: bool | None = None) -> Starlette:
+    """The ASGI app. ``migrate`` defaults to on in development and off in production."""
+    ctx = build_context(settings)
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        if migrate if migrate is not None else not settings.production:
+            db.upgrade(ctx.engine)
+        elif pending := db.pending_migrations(ctx.engine):
+            raise RuntimeError(
+                f"database needs migrations {pending}: run 'keybroker db upgrade' first"
+            )
+        if settings.generated_secrets:
+            logger.warning(
+                "development mode: using secrets generated into %s; set KEYBROKER_ENV=production"
+                " with real KEYBROKER_SECRET_KEY and KEYBROKER_MASTER_KEYS for real use",
+                settings.data_dir,
+            )
+        yield
+        ctx.engine.dispose()
+
+    app = Starlette(
+        routes=[
+            *pages.routes,
+            *auth_routes.routes,
+            Mount("/static", StaticFiles(directory=resource_dir("static")), name="static"),
+        ],
+        middleware=[Middleware(SecurityHeadersMiddleware, hsts=settings.secure_cookies)],
+        lifespan=lifespan,
+    )
+    app.state.kb = ctx
+    return app

@@ -1,0 +1,166 @@
+"""The ``keybroker`` command."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Callable, Sequence
+
+import httpx
+import uvicorn
+from sqlalchemy import text
+
+from keybroker import db
+from keybroker.settings import Settings, SettingsError, load_settings, mask_url
+
+logger = logging.getLogger("keybroker")
+
+
+def app_factory() -> object:
+    """uvicorn's factory for ``keybroker serve``: each worker reads the settings itself."""
+    from keybroker.app import create_app
+
+    return create_app(load_settings(), migrate=False)
+
+
+def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
+    engine = db.make_engine(settings.database_url)
+    if not settings.production:
+        db.upgrade(engine)  # once here, not in each worker
+    elif pending := db.pending_migrations(engine):
+        print(
+            f"keybroker: the database needs migrations {pending}; run 'keybroker db upgrade'",
+            file=sys.stderr,
+        )
+        return 2
+    engine.dispose()
+    print(
+        f"keybroker: serving {settings.public_url} (listening on {args.host}:{args.port})",
+        file=sys.stderr,
+    )
+    uvicorn.run(
+        "keybroker.cli:app_factory",
+        factory=True,
+        host=args.host,
+        port=args.port,
+        workers=args.workers,
+        proxy_headers=False,
+        log_level=args.log_level,
+        server_header=False,
+    )
+    return 0
+
+
+def cmd_db_upgrade(settings: Settings, args: argparse.Namespace) -> int:
+    engine = db.make_engine(settings.database_url)
+    before = db.pending_migrations(engine)
+    db.upgrade(engine)
+    print(f"applied {len(before)} migration(s); database is at the latest revision")
+    return 0
+
+
+def cmd_doctor(settings: Settings, args: argparse.Namespace) -> int:
+    ok = True
+    print("keybroker configuration")
+    rows = [
+        ("KEYBROKER_ENV", settings.env),
+        ("KEYBROKER_PUBLIC_URL", settings.public_url),
+        ("KEYBROKER_DATA_DIR", str(settings.data_dir)),
+        ("KEYBROKER_DATABASE_URL", mask_url(settings.database_url)),
+        ("KEYBROKER_UPSTREAM_URL", settings.upstream_url),
+        ("KEYBROKER_REDIS_URL", mask_url(settings.redis_url) if settings.redis_url else "(off)"),
+        (
+            "KEYBROKER_SECRET_KEY",
+            "*** (generated, development only)" if settings.generated_secrets else "*** (set)",
+        ),
+        ("KEYBROKER_MASTER_KEYS", _ring_summary(settings)),
+    ]
+    for name, value in rows:
+        print(f"  {name:24} {value}")
+    try:
+        engine = db.make_engine(settings.database_url)
+        with engine.connect() as connection:
+            connection.execute(text("SELECT 1"))
+        pending = db.pending_migrations(engine)
+        print(
+            "database: reachable"
+            + (f", pending migrations {pending}" if pending else ", up to date")
+        )
+    except Exception as exc:  # doctor reports every failure rather than stopping
+        ok = False
+        print(f"database: NOT reachable ({type(exc).__name__})")
+    try:
+        response = httpx.get(f"{settings.upstream_url}/models", timeout=5)
+        print(f"upstream: reachable (GET /models without a key answered {response.status_code})")
+    except httpx.HTTPError as exc:
+        ok = False
+        print(f"upstream: NOT reachable ({type(exc).__name__})")
+    return 0 if ok else 1
+
+
+def _ring_summary(settings: Settings) -> str:
+    from keybroker.crypto.keyring import KeyRing
+
+    ring = KeyRing.parse(settings.master_keys)
+    return f"*** (kids {', '.join(ring.kids)}; active {ring.active_kid})"
+
+
+Command = Callable[[Settings, argparse.Namespace], int]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="keybroker",
+        description="A self-hostable 'Sign in with OpenAI' consent broker. Settings come from "
+        "KEYBROKER_* environment variables or a .env file (see README).",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    serve = sub.add_parser(
+        "serve",
+        help="run the broker",
+        description="Run the broker. In development mode pending database "
+        "migrations are applied first.",
+    )
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    serve.add_argument("--port", type=int, default=8000, help="port to listen on")
+    serve.add_argument("--workers", type=int, default=1, help="worker processes")
+    serve.add_argument(
+        "--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"]
+    )
+    serve.set_defaults(func=cmd_serve)
+
+    database = sub.add_parser("db", help="database commands")
+    db_sub = database.add_subparsers(dest="db_command", required=True, metavar="COMMAND")
+    upgrade = db_sub.add_parser(
+        "upgrade",
+        help="apply pending migrations",
+        description="Apply every pending database migration.",
+    )
+    upgrade.set_defaults(func=cmd_db_upgrade)
+
+    doctor = sub.add_parser(
+        "doctor",
+        help="check the configuration",
+        description="Print the effective configuration (secrets masked) "
+        "and check that the database and the upstream are reachable.",
+    )
+    doctor.set_defaults(func=cmd_doctor)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        settings = load_settings()
+    except (SettingsError, ValueError) as exc:
+        print(f"keybroker: configuration error: {exc}", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s:     %(name)s: %(message)s")
+    func: Command = args.func
+    return func(settings, args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,93 @@
+"""Database tables. Times are timezone-aware UTC (SQLModel's ``UTCDateTime``)."""
+
+from __future__ import annotations
+
+import secrets
+from datetime import UTC, datetime
+
+from sqlalchemy import Column, ForeignKey, LargeBinary, String, UniqueConstraint
+from sqlmodel import Field, SQLModel
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def new_id() -> str:
+    return secrets.token_hex(12)
+
+
+def _user_fk() -> Column[str]:
+    # ON DELETE CASCADE: deleting an account removes every row that belongs to it.
+    return Column(
+        String(32), ForeignKey("users.id", ondelete="CASCADE"), nullable=False, index=True
+    )
+
+
+class User(SQLModel, table=True):
+    __tablename__ = "users"
+    id: str = Field(default_factory=new_id, primary_key=True, max_length=32)
+    # WebAuthn user handle (W3C WebAuthn §5.4.3): random, never personal data.
+    webauthn_handle: str = Field(unique=True, max_length=128)
+    name: str = Field(max_length=200)
+    created_at: datetime = Field(default_factory=utcnow)
+
+
+class Passkey(SQLModel, table=True):
+    __tablename__ = "passkeys"
+    id: str = Field(default_factory=new_id, primary_key=True, max_length=32)
+    user_id: str = Field(sa_column=_user_fk())
+    credential_id: str = Field(unique=True, max_length=1400)
+    public_key: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
+    sign_count: int = 0
+    transports: str = Field(default="[]", max_length=200)
+    aaguid: str = Field(default="", max_length=64)
+    device_type: str = Field(max_length=32)
+    backed_up: bool = False
+    prf_supported: bool = False
+    name: str = Field(max_length=100)
+    created_at: datetime = Field(default_factory=utcnow)
+    last_used_at: datetime | None = None
+
+
+class BrowserSession(SQLModel, table=True):
+    __tablename__ = "sessions"
+    # SHA-256 of the random token in the cookie: a database reader cannot ride a session.
+    id: str = Field(primary_key=True, max_length=64)
+    user_id: str = Field(sa_column=_user_fk())
+    created_at: datetime = Field(default_factory=utcnow)
+    expires_at: datetime
+    # Time of the last user-verified passkey assertion, for actions that need a fresh one.
+    verified_at: datetime = Field(default_factory=utcnow)
+
+
+class Challenge(SQLModel, table=True):
+    __tablename__ = "challenges"
+    id: str = Field(default_factory=new_id, primary_key=True, max_length=32)
+    purpose: str = Field(max_length=32)
+    challenge: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
+    # The new account's user handle (registration) or the signed-in user's id (add passkey).
+    subject: str | None = Field(default=None, max_length=128)
+    expires_at: datetime = Field(index=True)
+
+
+class VaultEntry(SQLModel, table=True):
+    __tablename__ = "vault_entries"
+    __table_args__ = (UniqueConstraint("user_id", "provider"),)
+    id: str = Field(default_factory=new_id, primary_key=True, max_length=32)
+    user_id: str = Field(sa_column=_user_fk())
+    provider: str = Field(default="openai", max_length=32)
+    sealed: str = Field(max_length=4000)
+    kid: str = Field(max_length=32, index=True)
+    hint: str = Field(max_length=32)
+    created_at: datetime = Field(default_factory=utcnow)
+    updated_at: datetime = Field(default_factory=utcnow)
+
+
+class AuditEvent(SQLModel, table=True):
+    __tablename__ = "audit_events"
+    id: int | None = Field(default=None, primary_key=True)
+    user_id: str = Field(sa_column=_user_fk())
+    at: datetime = Field(default_factory=utcnow, index=True)
+    action: str = Field(max_length=64)
+    detail: str = Field(default="", max_length=500)

@@ -1,0 +1,168 @@
+"""JSON endpoints for passkey ceremonies: create account, sign in, add passkey, sign out."""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import JSONResponse, RedirectResponse, Response
+from starlette.routing import Route
+from webauthn.helpers import base64url_to_bytes, bytes_to_base64url
+
+from keybroker.auth import accounts, passkeys
+from keybroker.auth.challenges import ChallengeError
+from keybroker.auth.csrf import is_cross_site
+from keybroker.context import Context, get_context
+from keybroker.web.http import HTTPProblem, problem, read_json_object
+
+Handler = Callable[[Request], Awaitable[Response]]
+
+
+def ceremony_endpoint(
+    func: Callable[[Request, Context, dict[str, Any]], Awaitable[Response]],
+) -> Handler:
+    """Same-origin check, bounded JSON body, and one error shape for every ceremony step."""
+
+    async def endpoint(request: Request) -> Response:
+        ctx = get_context(request)
+        if is_cross_site(request, expected_origin=ctx.settings.origin, method=request.method):
+            return problem(403, "Cross-site request refused.")
+        try:
+            body = await read_json_object(request)
+            return await func(request, ctx, body)
+        except HTTPProblem as exc:
+            return problem(exc.status, exc.message)
+        except (ChallengeError, passkeys.PasskeyError) as exc:
+            return problem(400, exc.message)
+
+    return endpoint
+
+
+def _ceremony(body: dict[str, Any], ctx: Context, purpose: str) -> tuple[str | None, bytes]:
+    ceremony = body.get("ceremony")
+    if not isinstance(ceremony, str) or len(ceremony) > 64:
+        raise HTTPProblem(400, "Missing ceremony id. Start again.")
+    issued = ctx.challenges.consume(ceremony, expected_purpose=purpose)
+    return issued.subject, issued.challenge
+
+
+@ceremony_endpoint
+async def register_options(request: Request, ctx: Context, body: dict[str, Any]) -> Response:
+    handle = secrets.token_bytes(32)
+    issued = await run_in_threadpool(ctx.challenges.issue, "register", bytes_to_base64url(handle))
+    name = f"keybroker account {issued.id[:6]}"
+    options = passkeys.registration_options(
+        ctx.rp,
+        challenge=issued.challenge,
+        user_handle=handle,
+        user_name=name,
+        exclude_credential_ids=[],
+    )
+    return JSONResponse({"ceremony": issued.id, "publicKey": options})
+
+
+@ceremony_endpoint
+async def register_verify(request: Request, ctx: Context, body: dict[str, Any]) -> Response:
+    handle, challenge = await run_in_threadpool(_ceremony, body, ctx, "register")
+    assert handle is not None
+    cred = passkeys.verify_new_credential(
+        body.get("credential"), rp=ctx.rp, expected_challenge=challenge
+    )
+    if await run_in_threadpool(accounts.find_credential, ctx.engine, cred.credential_id):
+        raise HTTPProblem(409, "This passkey is already registered. Sign in with it instead.")
+    user = await run_in_threadpool(
+        lambda: accounts.create_account(
+            ctx.engine, handle=handle, name=f"keybroker account {handle[:6]}", cred=cred
+        )
+    )
+    response = JSONResponse({"ok": True})
+    await run_in_threadpool(ctx.sessions.start, request, response, user.id)
+    return response
+
+
+@ceremony_endpoint
+async def login_options(request: Request, ctx: Context, body: dict[str, Any]) -> Response:
+    issued = await run_in_threadpool(ctx.challenges.issue, "login", None)
+    options = passkeys.authentication_options(ctx.rp, challenge=issued.challenge)
+    return JSONResponse({"ceremony": issued.id, "publicKey": options})
+
+
+@ceremony_endpoint
+async def login_verify(request: Request, ctx: Context, body: dict[str, Any]) -> Response:
+    _, challenge = await run_in_threadpool(_ceremony, body, ctx, "login")
+    credential = body.get("credential")
+    credential_id, _handle = passkeys.credential_user_handle(credential)
+    found = await run_in_threadpool(accounts.find_credential, ctx.engine, credential_id)
+    if found is None:
+        raise passkeys.UnknownCredentialError()
+    passkey, user = found
+    assertion = passkeys.verify_assertion(
+        credential,
+        rp=ctx.rp,
+        expected_challenge=challenge,
+        stored=accounts.stored_credential(passkey, user),
+    )
+    await run_in_threadpool(accounts.record_sign_in, ctx.engine, passkey.id, assertion)
+    response = JSONResponse({"ok": True})
+    await run_in_threadpool(ctx.sessions.start, request, response, user.id)
+    return response
+
+
+@ceremony_endpoint
+async def add_options(request: Request, ctx: Context, body: dict[str, Any]) -> Response:
+    signed_in = await run_in_threadpool(ctx.sessions.current, request)
+    if signed_in is None:
+        raise HTTPProblem(401, "Sign in first.")
+    existing = await run_in_threadpool(accounts.passkeys_of, ctx.engine, signed_in.user.id)
+    issued = await run_in_threadpool(ctx.challenges.issue, "add", signed_in.user.id)
+    options = passkeys.registration_options(
+        ctx.rp,
+        challenge=issued.challenge,
+        user_handle=base64url_to_bytes(signed_in.user.webauthn_handle),
+        user_name=signed_in.user.name,
+        exclude_credential_ids=[base64url_to_bytes(p.credential_id) for p in existing],
+    )
+    return JSONResponse({"ceremony": issued.id, "publicKey": options})
+
+
+@ceremony_endpoint
+async def add_verify(request: Request, ctx: Context, body: dict[str, Any]) -> Response:
+    signed_in = await run_in_threadpool(ctx.sessions.current, request)
+    if signed_in is None:
+        raise HTTPProblem(401, "Sign in first.")
+    user_id, challenge = await run_in_threadpool(_ceremony, body, ctx, "add")
+    if user_id != signed_in.user.id:
+        raise HTTPProblem(400, "This passkey request belongs to another session. Start again.")
+    cred = passkeys.verify_new_credential(
+        body.get("credential"), rp=ctx.rp, expected_challenge=challenge
+    )
+    if await run_in_threadpool(accounts.find_credential, ctx.engine, cred.credential_id):
+        raise HTTPProblem(409, "This passkey is already registered.")
+    name = str(body.get("name") or "").strip()[:100] or "Passkey"
+    await run_in_threadpool(
+        lambda: accounts.add_passkey(ctx.engine, user_id=signed_in.user.id, cred=cred, name=name)
+    )
+    return JSONResponse({"ok": True})
+
+
+async def sign_out(request: Request) -> Response:
+    ctx = get_context(request)
+    if is_cross_site(request, expected_origin=ctx.settings.origin, method=request.method):
+        return problem(403, "Cross-site request refused.")
+    response = RedirectResponse("/", status_code=303)
+    await run_in_threadpool(ctx.sessions.end, request, response)
+    return response
+
+
+routes = [
+    Route("/auth/register/options", register_options, methods=["POST"]),
+    Route("/auth/register/verify", register_verify, methods=["POST"]),
+    Route("/auth/login/options", login_options, methods=["POST"]),
+    Route("/auth/login/verify", login_verify, methods=["POST"]),
+    Route("/auth/passkeys/options", add_options, methods=["POST"]),
+    Route("/auth/passkeys/verify", add_verify, methods=["POST"]),
+    Route("/auth/signout", sign_out, methods=["POST"]),
+]

@@ -1,0 +1,112 @@
+"""Playwright on Debian's Chromium with a CDP virtual authenticator per page (DESIGN.md)."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from playwright.sync_api import Browser, BrowserContext, CDPSession, Page, sync_playwright
+
+from tests.live import LiveBroker, start_broker
+
+CHROMIUM = "/usr/bin/chromium"
+FLAGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--disable-quic",
+]
+AUTHENTICATOR = {
+    "protocol": "ctap2",
+    "ctap2Version": "ctap2_1",
+    "transport": "internal",
+    "hasResidentKey": True,
+    "hasUserVerification": True,
+    "isUserVerified": True,
+    "hasPrf": True,
+    "automaticPresenceSimulation": True,
+}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if "/e2e/" in str(item.path):
+            item.add_marker(pytest.mark.browser)
+
+
+@pytest.fixture(scope="session")
+def browser() -> Iterator[Browser]:
+    if shutil.which(CHROMIUM) is None:
+        pytest.fail(f"{CHROMIUM} is missing: install Debian's chromium (bash .ci/run does)")
+    with sync_playwright() as p:
+        instance = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS, headless=True)
+        yield instance
+        instance.close()
+
+
+@pytest.fixture(scope="session")
+def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveBroker]:
+    live = start_broker(tmp_path_factory.mktemp("broker"))
+    yield live
+    live.stop()
+
+
+@dataclass
+class Window:
+    """A page with its own virtual authenticator (authenticators are per window)."""
+
+    page: Page
+    cdp: CDPSession
+    authenticator_id: str
+
+    def credentials(self) -> list[dict[str, Any]]:
+        result = self.cdp.send(
+            "WebAuthn.getCredentials", {"authenticatorId": self.authenticator_id}
+        )
+        creds: list[dict[str, Any]] = result["credentials"]
+        return creds
+
+    def add_credential(self, credential: dict[str, Any]) -> None:
+        self.cdp.send(
+            "WebAuthn.addCredential",
+            {"authenticatorId": self.authenticator_id, "credential": credential},
+        )
+
+    def override(self, **bits: bool) -> None:
+        self.cdp.send(
+            "WebAuthn.setResponseOverrideBits", {"authenticatorId": self.authenticator_id, **bits}
+        )
+
+
+def attach_authenticator(page: Page, **options: Any) -> Window:
+    cdp = page.context.new_cdp_session(page)
+    cdp.send("WebAuthn.enable")
+    result = cdp.send("WebAuthn.addVirtualAuthenticator", {"options": {**AUTHENTICATOR, **options}})
+    return Window(page, cdp, result["authenticatorId"])
+
+
+@pytest.fixture
+def context(browser: Browser) -> Iterator[BrowserContext]:
+    ctx = browser.new_context()
+    ctx.set_default_timeout(15_000)
+    yield ctx
+    ctx.close()
+
+
+@pytest.fixture
+def window(context: BrowserContext) -> Window:
+    return attach_authenticator(context.new_page())
+
+
+@pytest.fixture
+def screenshots() -> Path:
+    path = Path(__file__).resolve().parents[2] / "docs" / "screenshots"
+    path.mkdir(parents=True, exist_ok=True)
+    return path

@@ -1,0 +1,95 @@
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from keybroker.settings import SettingsError, load_settings
+
+GOOD_RING = "k1:" + "A" * 43 + "="
+
+
+def test_development_defaults_generate_secrets_once(tmp_path: Path) -> None:
+    env = {"KEYBROKER_DATA_DIR": str(tmp_path)}
+    first = load_settings(env, env_file=None)
+    second = load_settings(env, env_file=None)
+    assert first.generated_secrets
+    assert first.secret_key == second.secret_key
+    assert first.master_keys == second.master_keys
+    assert first.database_url == f"sqlite:///{tmp_path / 'keybroker.db'}"
+    assert first.public_url == "http://localhost:8000"
+    assert first.upstream_url == "https://api.openai.com/v1"
+    assert (tmp_path / "generated-secrets.env").stat().st_mode & 0o777 == 0o600
+    assert first.secret_key not in repr(first)
+
+
+def test_env_file_is_read_and_environment_wins(tmp_path: Path) -> None:
+    env_file = tmp_path / ".env"
+    env_file.write_text(
+        "KEYBROKER_UPSTREAM_URL=http://127.0.0.1:9/v1\nKEYBROKER_PUBLIC_URL=http://localhost:1234\n"
+    )
+    settings = load_settings(
+        {"KEYBROKER_DATA_DIR": str(tmp_path), "KEYBROKER_PUBLIC_URL": "http://localhost:5678"},
+        env_file=env_file,
+    )
+    assert settings.upstream_url == "http://127.0.0.1:9/v1"
+    assert settings.public_url == "http://localhost:5678"
+
+
+def test_production_names_every_missing_setting(tmp_path: Path) -> None:
+    with pytest.raises(SettingsError) as info:
+        load_settings(
+            {"KEYBROKER_ENV": "production", "KEYBROKER_DATA_DIR": str(tmp_path)}, env_file=None
+        )
+    for name in ("KEYBROKER_SECRET_KEY", "KEYBROKER_MASTER_KEYS", "KEYBROKER_PUBLIC_URL"):
+        assert name in str(info.value)
+    assert not (tmp_path / "generated-secrets.env").exists()
+
+
+def test_production_needs_https(tmp_path: Path) -> None:
+    with pytest.raises(SettingsError, match="https"):
+        load_settings(
+            {
+                "KEYBROKER_ENV": "production",
+                "KEYBROKER_SECRET_KEY": "s" * 40,
+                "KEYBROKER_MASTER_KEYS": GOOD_RING,
+                "KEYBROKER_PUBLIC_URL": "http://broker.example",
+            },
+            env_file=None,
+        )
+
+
+def test_production_with_real_secrets_loads(tmp_path: Path) -> None:
+    settings = load_settings(
+        {
+            "KEYBROKER_ENV": "production",
+            "KEYBROKER_SECRET_KEY": "s" * 40,
+            "KEYBROKER_MASTER_KEYS": GOOD_RING,
+            "KEYBROKER_PUBLIC_URL": "https://broker.example",
+            "KEYBROKER_DATA_DIR": str(tmp_path),
+        },
+        env_file=None,
+    )
+    assert settings.production
+    assert settings.secure_cookies
+    assert settings.rp_id == "broker.example"
+    assert settings.base_url == "https://broker.example/v1"
+
+
+def test_production_serve_exits_non_zero_naming_settings(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KEYBROKER_")}
+    env["KEYBROKER_ENV"] = "production"
+    result = subprocess.run(
+        [sys.executable, "-m", "keybroker", "serve"],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode != 0
+    assert "KEYBROKER_SECRET_KEY" in result.stderr
+    assert "KEYBROKER_MASTER_KEYS" in result.stderr
