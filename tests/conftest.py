@@ -1,7 +1,5 @@
 from __future__ import annotations
 
-import os
-import socket
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -10,38 +8,27 @@ from starlette.testclient import TestClient
 
 from keybroker.app import create_app
 from keybroker.settings import Settings, load_settings
+from tests.upstream import Upstream, start_upstream, stop_upstream
 
 BROKER = "http://localhost:8000"
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def reachable(host: str, port: int) -> bool:
-    try:
-        with socket.create_connection((host, port), timeout=1):
-            return True
-    except OSError:
-        return False
-
-
-def require_service(name: str, host: str, port: int) -> None:
-    """Skip with a reason when a server is missing, except in CI, where it must be there."""
-    if reachable(host, port):
-        return
-    if os.environ.get("CI") == "true":
-        pytest.fail(f"{name} at {host}:{port} is required when CI=true but is not reachable")
-    pytest.skip(f"{name} is not reachable at {host}:{port}")
+@pytest.fixture(scope="session")
+def upstream() -> Iterator[Upstream]:
+    server = start_upstream()
+    yield server
+    stop_upstream(server)
 
 
 @pytest.fixture
-def settings(tmp_path: Path) -> Settings:
+def settings(tmp_path: Path, upstream: Upstream) -> Settings:
     return load_settings(
-        {"KEYBROKER_DATA_DIR": str(tmp_path / "data"), "KEYBROKER_PUBLIC_URL": BROKER},
+        {
+            "KEYBROKER_DATA_DIR": str(tmp_path / "data"),
+            "KEYBROKER_PUBLIC_URL": BROKER,
+            "KEYBROKER_UPSTREAM_URL": upstream.url,
+            "KEYBROKER_VALIDATION_TIMEOUT": "1",
+        },
         env_file=None,
     )
 

@@ -9,7 +9,7 @@ import pytest
 
 from keybroker.cli import build_parser
 
-COMMANDS = [["serve"], ["db", "upgrade"], ["doctor"]]
+COMMANDS = [["serve"], ["db", "upgrade"], ["doctor"], ["keys", "rotate"], ["keys", "rewrap"]]
 
 
 def run(args: list[str], tmp_path: Path, **env: str) -> subprocess.CompletedProcess[str]:
@@ -58,3 +58,57 @@ def test_malformed_master_keys_stop_the_start_without_showing_the_key(tmp_path: 
     assert result.returncode == 2
     assert "must be 32 bytes" in result.stderr
     assert secret_material not in result.stderr + result.stdout
+
+
+def test_keys_rotate_then_rewrap_then_drop_old_kid(tmp_path: Path) -> None:
+    from keybroker import db, provider_keys
+    from keybroker.crypto.keyring import KeyRing
+    from keybroker.models import User
+    from keybroker.settings import load_settings
+
+    env = {"KEYBROKER_DATA_DIR": str(tmp_path / "data")}
+    settings = load_settings(env, env_file=None)
+    engine = db.make_engine(settings.database_url)
+    db.upgrade(engine)
+    with db.session_scope(engine) as session:
+        session.add(User(id="u1", webauthn_handle="h1", name="owner"))
+    provider_keys.save_key(
+        engine, KeyRing.parse(settings.master_keys), user_id="u1", key="sk-test-rotate-" + "r" * 30
+    )
+
+    rotated = run(["keys", "rotate"], tmp_path)
+    assert rotated.returncode == 0, rotated.stderr
+    assert "k2" in rotated.stderr
+    ring = KeyRing.parse(load_settings(env, env_file=None).master_keys)
+    assert ring.kids == ("k2", "k1")
+
+    rewrap = run(["keys", "rewrap"], tmp_path)
+    assert rewrap.returncode == 0, rewrap.stderr
+    assert "vault entries: 1 rewrapped to 'k2', 0 already current" in rewrap.stdout
+    again = run(["keys", "rewrap"], tmp_path)
+    assert "vault entries: 0 rewrapped to 'k2', 1 already current" in again.stdout
+
+    only_new = ring.serialize().split(",")[0]
+    assert (
+        provider_keys.open_key(engine, KeyRing.parse(only_new), "u1")
+        == "sk-test-rotate-" + "r" * 30
+    )
+    # With only the old kid, the record names the kid it needs.
+    only_old = run(
+        ["keys", "rewrap"], tmp_path, KEYBROKER_MASTER_KEYS=ring.serialize().split(",")[1]
+    )
+    assert only_old.returncode == 1
+    assert "'k2'" in only_old.stderr
+
+
+def test_keys_rotate_in_production_prints_the_new_ring(tmp_path: Path) -> None:
+    import base64
+
+    old = "k1:" + base64.b64encode(b"p" * 32).decode()
+    result = run(
+        ["keys", "rotate"], tmp_path, KEYBROKER_MASTER_KEYS=old, KEYBROKER_SECRET_KEY="s" * 40
+    )
+    assert result.returncode == 0
+    line = result.stdout.strip()
+    assert line.startswith("KEYBROKER_MASTER_KEYS=k2:")
+    assert line.endswith("," + old)

@@ -20,7 +20,7 @@ from keybroker.context import Context
 from keybroker.crypto.keyring import KeyRing
 from keybroker.resources import resource_dir
 from keybroker.settings import Settings
-from keybroker.web import auth_routes, pages
+from keybroker.web import auth_routes, key_routes, pages
 from keybroker.web.headers import SecurityHeadersMiddleware
 
 logger = logging.getLogger("keybroker")
@@ -64,6 +64,7 @@ def create_app(settings: Settings, *, migrate: bool | None = None) -> Starlette:
         routes=[
             *pages.routes,
             *auth_routes.routes,
+            *key_routes.routes,
             Mount("/static", StaticFiles(directory=resource_dir("static")), name="static"),
         ],
         middleware=[Middleware(SecurityHeadersMiddleware, hsts=settings.secure_cookies)],

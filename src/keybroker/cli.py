@@ -99,6 +99,63 @@ def cmd_doctor(settings: Settings, args: argparse.Namespace) -> int:
     return 0 if ok else 1
 
 
+def cmd_keys_rotate(settings: Settings, args: argparse.Namespace) -> int:
+    from keybroker.crypto.keyring import KeyRing
+
+    ring, text = KeyRing.parse(settings.master_keys).rotated()
+    if settings.generated_secrets:
+        _update_generated_ring(settings, text)
+        print(
+            f"new active master key {ring.active_kid!r} written to the development secrets in"
+            f" {settings.data_dir}; now run 'keybroker keys rewrap'",
+            file=sys.stderr,
+        )
+        return 0
+    print(
+        f"# new active master key {ring.active_kid!r}. Set this, restart every instance,",
+        file=sys.stderr,
+    )
+    print(
+        "# then run 'keybroker keys rewrap'; old kids can be dropped after that.", file=sys.stderr
+    )
+    print(f"KEYBROKER_MASTER_KEYS={text}")
+    return 0
+
+
+def _update_generated_ring(settings: Settings, text: str) -> None:
+    from keybroker.settings import GENERATED_SECRETS_FILE
+
+    path = settings.data_dir / GENERATED_SECRETS_FILE
+    lines = [
+        f"KEYBROKER_MASTER_KEYS={text}" if line.startswith("KEYBROKER_MASTER_KEYS=") else line
+        for line in path.read_text().splitlines()
+    ]
+    path.write_text("\n".join(lines) + "\n")
+
+
+def cmd_keys_rewrap(settings: Settings, args: argparse.Namespace) -> int:
+    from keybroker.crypto.keyring import KeyRing
+    from keybroker.rotation import rewrap_all
+
+    ring = KeyRing.parse(settings.master_keys)
+    engine = db.make_engine(settings.database_url)
+    report = rewrap_all(engine, ring)
+    for label, count in report.rewrapped.items():
+        print(
+            f"{label}: {count} rewrapped to {ring.active_kid!r},"
+            f" {report.current[label]} already current"
+        )
+    for failure in report.failed:
+        print(f"FAILED {failure}", file=sys.stderr)
+    if report.failed:
+        print(
+            f"{len(report.failed)} record(s) could not be rewrapped; fix the ring and run again",
+            file=sys.stderr,
+        )
+        return 1
+    return 0
+
+
 def _ring_summary(settings: Settings) -> str:
     from keybroker.crypto.keyring import KeyRing
 
@@ -139,6 +196,23 @@ def build_parser() -> argparse.ArgumentParser:
         description="Apply every pending database migration.",
     )
     upgrade.set_defaults(func=cmd_db_upgrade)
+
+    keys = sub.add_parser("keys", help="master key rotation")
+    keys_sub = keys.add_subparsers(dest="keys_command", required=True, metavar="COMMAND")
+    rotate = keys_sub.add_parser(
+        "rotate",
+        help="add a new active master key",
+        description="Add a new active master key in front of the ring and print the new "
+        "KEYBROKER_MASTER_KEYS (in development, update the generated secrets file instead).",
+    )
+    rotate.set_defaults(func=cmd_keys_rotate)
+    rewrap = keys_sub.add_parser(
+        "rewrap",
+        help="re-seal every record under the active master key",
+        description="Re-seal every vault entry and grant copy under the active master key. "
+        "Resumable: run it again after an interruption. Reports counts.",
+    )
+    rewrap.set_defaults(func=cmd_keys_rewrap)
 
     doctor = sub.add_parser(
         "doctor",

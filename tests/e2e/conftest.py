@@ -12,6 +12,7 @@ import pytest
 from playwright.sync_api import Browser, BrowserContext, CDPSession, Page, sync_playwright
 
 from tests.live import LiveBroker, start_broker
+from tests.upstream import Upstream
 
 CHROMIUM = "/usr/bin/chromium"
 FLAGS = [
@@ -52,8 +53,11 @@ def browser() -> Iterator[Browser]:
 
 
 @pytest.fixture(scope="session")
-def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveBroker]:
-    live = start_broker(tmp_path_factory.mktemp("broker"))
+def broker(tmp_path_factory: pytest.TempPathFactory, upstream: Upstream) -> Iterator[LiveBroker]:
+    live = start_broker(
+        tmp_path_factory.mktemp("broker"),
+        {"KEYBROKER_UPSTREAM_URL": upstream.url, "KEYBROKER_VALIDATION_TIMEOUT": "1"},
+    )
     yield live
     live.stop()
 

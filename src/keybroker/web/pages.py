@@ -9,6 +9,7 @@ from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 from starlette.routing import Route
 
+from keybroker import provider_keys
 from keybroker.auth import accounts
 from keybroker.context import get_context
 from keybroker.web.http import safe_next
@@ -40,7 +41,8 @@ async def settings_page(request: Request) -> Response:
     if signed_in is None:
         return RedirectResponse("/signin?next=/settings", status_code=303)
     keys = await run_in_threadpool(accounts.passkeys_of, ctx.engine, signed_in.user.id)
-    return render(request, "settings.html", signed_in=signed_in, passkeys=keys)
+    stored = await run_in_threadpool(provider_keys.stored_key, ctx.engine, signed_in.user.id)
+    return render(request, "settings.html", signed_in=signed_in, passkeys=keys, stored_key=stored)
 
 
 async def healthz(request: Request) -> Response:

@@ -1,0 +1,84 @@
+"""``keybroker keys rewrap``: move every sealed record to the active master key.
+
+Resumable: rows are committed in small batches and a row already under the active kid is
+skipped, so an interrupted run is simply run again. Only the outer layer of a grant copy is
+touched; the inner layer needs the app's token, which keybroker never stores.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import Engine, select
+from sqlmodel import Session, col
+
+from keybroker.crypto.keyring import KeyRing, UnknownKidError
+from keybroker.crypto.vault import SealedRecordError
+from keybroker.models import VaultEntry
+from keybroker.provider_keys import binding
+
+BATCH = 100
+
+
+@dataclass(frozen=True)
+class SealedTable:
+    label: str
+    model: Any
+    rewrap: Callable[[Any, KeyRing], str]
+
+
+@dataclass
+class RewrapReport:
+    rewrapped: dict[str, int] = field(default_factory=dict)
+    current: dict[str, int] = field(default_factory=dict)
+    failed: list[str] = field(default_factory=list)
+
+
+def _rewrap_vault(row: VaultEntry, ring: KeyRing) -> str:
+    from keybroker.crypto import vault
+
+    return vault.rewrap(row.sealed, ring, expected_binding=binding(row.user_id))
+
+
+TABLES: list[SealedTable] = [SealedTable("vault entries", VaultEntry, _rewrap_vault)]
+
+
+def rewrap_all(
+    engine: Engine, ring: KeyRing, tables: list[SealedTable] | None = None
+) -> RewrapReport:
+    report = RewrapReport()
+    for table in tables or TABLES:
+        model = table.model
+        done = current = 0
+        last_id = ""
+        while True:
+            with Session(engine) as db:
+                rows = list(
+                    db.execute(
+                        select(model)
+                        .where(col(model.id) > last_id)
+                        .order_by(col(model.id))
+                        .limit(BATCH)
+                    ).scalars()
+                )
+                if not rows:
+                    break
+                for row in rows:
+                    last_id = row.id
+                    if row.kid == ring.active_kid:
+                        current += 1
+                        continue
+                    try:
+                        row.sealed = table.rewrap(row, ring)
+                    except (UnknownKidError, SealedRecordError) as exc:
+                        report.failed.append(f"{table.label} {row.id}: {exc}")
+                        continue
+                    row.kid = ring.active_kid
+                    db.add(row)
+                    done += 1
+                db.commit()
+        report.rewrapped[table.label] = done
+        report.current[table.label] = current
+    return report

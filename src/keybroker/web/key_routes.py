@@ -1,0 +1,91 @@
+"""The key page: paste, replace and delete the owner's OpenAI key."""
+
+from __future__ import annotations
+
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import RedirectResponse, Response
+from starlette.routing import Route
+
+from keybroker import provider_keys
+from keybroker.context import get_context
+from keybroker.web.forms import guard, read_form
+from keybroker.web.http import HTTPProblem, safe_next
+from keybroker.web.pages import render
+
+
+async def key_page(request: Request, *, error: str | None = None, status: int = 200) -> Response:
+    signed_in = await guard(request, "/key")
+    if isinstance(signed_in, Response):
+        return signed_in
+    ctx = get_context(request)
+    stored = await run_in_threadpool(provider_keys.stored_key, ctx.engine, signed_in.user.id)
+    return render(
+        request,
+        "key.html",
+        status,
+        signed_in=signed_in,
+        stored=stored,
+        error=error,
+        next_url=safe_next(request.query_params.get("next"), "/key"),
+        saved=request.query_params.get("saved"),
+    )
+
+
+async def save_key(request: Request) -> Response:
+    signed_in = await guard(request, "/key")
+    if isinstance(signed_in, Response):
+        return signed_in
+    ctx = get_context(request)
+    try:
+        form = await read_form(request)
+    except HTTPProblem as exc:
+        message = (
+            "That is far longer than an OpenAI API key. Copy just the key, which starts with sk-."
+            if exc.status == 413
+            else exc.message
+        )
+        return await key_page(request, error=message, status=exc.status)
+    try:
+        key = provider_keys.check_shape(form.get("key"))
+        await run_in_threadpool(
+            provider_keys.validate_upstream,
+            key,
+            upstream_url=ctx.settings.upstream_url,
+            timeout=ctx.settings.validation_timeout,
+        )
+    except provider_keys.KeyRejectedError as exc:
+        return await key_page(request, error=exc.message, status=exc.status)
+    await run_in_threadpool(
+        lambda: provider_keys.save_key(ctx.engine, ctx.ring, user_id=signed_in.user.id, key=key)
+    )
+    next_url = safe_next(form.get("next"), "/key")
+    separator = "&" if "?" in next_url else "?"
+    return RedirectResponse(
+        f"{next_url}{separator}saved=1" if next_url == "/key" else next_url, status_code=303
+    )
+
+
+async def delete_key(request: Request) -> Response:
+    signed_in = await guard(request, "/key")
+    if isinstance(signed_in, Response):
+        return signed_in
+    ctx = get_context(request)
+    form = await read_form(request)
+    if form.get("confirm") != "yes":
+        stored = await run_in_threadpool(provider_keys.stored_key, ctx.engine, signed_in.user.id)
+        return render(request, "key_delete.html", signed_in=signed_in, stored=stored)
+    await run_in_threadpool(provider_keys.delete_key, ctx.engine, signed_in.user.id)
+    return RedirectResponse("/key?deleted=1", status_code=303)
+
+
+async def key_endpoint(request: Request) -> Response:
+    if request.method == "POST":
+        return await save_key(request)
+    return await key_page(request)
+
+
+routes = [
+    Route("/key", key_endpoint, methods=["GET", "POST"]),
+    Route("/key/delete", delete_key, methods=["POST"]),
+]

@@ -1,0 +1,155 @@
+"""The key page through the real app against the mock upstream."""
+
+from __future__ import annotations
+
+import base64
+
+import pytest
+from sqlalchemy import func, select
+from sqlmodel import Session
+from starlette.testclient import TestClient
+
+from keybroker import provider_keys
+from keybroker.context import get_context
+from keybroker.crypto.keyring import KeyRing
+from keybroker.models import AuditEvent, User, VaultEntry
+from keybroker.settings import Settings
+from tests.helpers import SAME_ORIGIN, register
+from tests.upstream import Upstream
+
+GOOD_KEY = "sk-test-" + "G" * 40
+
+
+def save(client: TestClient, key: str) -> object:
+    return client.post("/key", data={"key": key, "next": "/key"}, headers=SAME_ORIGIN)
+
+
+def entries(client: TestClient) -> int:
+    with Session(get_context(client).engine) as db:
+        return int(db.execute(select(func.count()).select_from(VaultEntry)).scalar_one())
+
+
+@pytest.fixture
+def owner(client: TestClient) -> TestClient:
+    register(client)
+    return client
+
+
+def test_key_page_needs_sign_in(client: TestClient) -> None:
+    response = client.get("/key", follow_redirects=False)
+    assert response.status_code == 303
+    assert response.headers["location"] == "/signin?next=/key"
+
+
+def test_save_shows_masked_then_replace_then_delete(owner: TestClient, settings: Settings) -> None:
+    page = save(owner, f"  {GOOD_KEY}\n")
+    assert page.status_code == 200
+    assert "sk-...GGGG" in page.text
+    assert GOOD_KEY not in page.text
+    ctx = get_context(owner)
+    assert provider_keys.open_key(ctx.engine, ctx.ring, owner_id(owner)) == GOOD_KEY
+
+    replacement = "sk-test-" + "R" * 40
+    page = save(owner, replacement)
+    assert "sk-...RRRR" in page.text
+    assert provider_keys.open_key(ctx.engine, ctx.ring, owner_id(owner)) == replacement
+    assert entries(owner) == 1
+
+    confirm = owner.post("/key/delete", headers=SAME_ORIGIN)
+    assert "Delete your OpenAI key?" in confirm.text
+    assert entries(owner) == 1
+    done = owner.post("/key/delete", data={"confirm": "yes"}, headers=SAME_ORIGIN)
+    assert "Key deleted" in done.text
+    assert entries(owner) == 0
+    with Session(ctx.engine) as db:
+        actions = list(db.execute(select(AuditEvent.action)).scalars())
+    assert {"key.saved", "key.replaced", "key.deleted"} <= set(actions)
+
+
+def owner_id(client: TestClient) -> str:
+    with Session(get_context(client).engine) as db:
+        return db.execute(select(User.id)).scalar_one()
+
+
+@pytest.mark.parametrize(
+    ("key", "status", "fragment"),
+    [
+        ("", 400, "field was empty"),
+        ("   \t ", 400, "field was empty"),
+        ("x" * 1_000_000, 413, "far longer than an OpenAI API key"),
+        ("sk-" + "x" * 600, 400, "far longer"),
+        ("sk-tëst-" + "a" * 30, 400, "characters an OpenAI API key never has"),
+        ("pk-" + "a" * 30, 400, "start with sk-"),
+        ("sk-abc", 400, "too short"),
+        ("sk-test-bad-" + "a" * 30, 400, "OpenAI rejected this key: Incorrect API key provided"),
+        ("sk-test-quota-" + "a" * 30, 400, "out of quota"),
+    ],
+)
+def test_bad_input_gets_a_clear_message_and_stores_nothing(
+    owner: TestClient, key: str, status: int, fragment: str
+) -> None:
+    page = save(owner, key)
+    assert page.status_code == status
+    assert fragment in page.text
+    assert entries(owner) == 0
+    if len(key) > 8 and key.strip():
+        assert key.strip() not in page.text
+        assert key.strip()[-12:] not in page.text  # not even the upstream's masked echo
+
+
+def test_upstream_down_gets_a_retry_message(owner: TestClient, settings: Settings) -> None:
+    get_context(owner).settings = _with(settings, upstream_url="http://127.0.0.1:9/v1")
+    page = save(owner, GOOD_KEY)
+    assert page.status_code == 502
+    assert "could not be reached" in page.text
+    assert "try again" in page.text
+    assert entries(owner) == 0
+
+
+def test_upstream_too_slow_gets_a_retry_message(owner: TestClient, upstream: Upstream) -> None:
+    page = save(owner, "sk-test-slow-" + "a" * 30)
+    assert page.status_code == 504
+    assert "did not answer in time" in page.text
+    assert entries(owner) == 0
+
+
+def test_cross_site_post_is_refused(owner: TestClient) -> None:
+    response = owner.post(
+        "/key",
+        data={"key": GOOD_KEY},
+        headers={"sec-fetch-site": "cross-site", "origin": "https://evil.example"},
+    )
+    assert response.status_code == 403
+    assert entries(owner) == 0
+
+
+def _with(settings: Settings, **changes: str) -> Settings:
+    from dataclasses import replace
+
+    return replace(settings, **changes)
+
+
+def test_rotate_then_rewrap_then_drop_the_old_kid(owner: TestClient) -> None:
+    from keybroker.rotation import rewrap_all
+
+    save(owner, GOOD_KEY)
+    ctx = get_context(owner)
+    rotated, _ = ctx.ring.rotated()
+    report = rewrap_all(ctx.engine, rotated)
+    assert report.rewrapped["vault entries"] == 1
+    assert not report.failed
+    again = rewrap_all(ctx.engine, rotated)
+    assert again.rewrapped["vault entries"] == 0
+    assert again.current["vault entries"] == 1
+    only_new = KeyRing.parse(rotated.serialize().split(",")[0])
+    assert provider_keys.open_key(ctx.engine, only_new, owner_id(owner)) == GOOD_KEY
+
+
+def test_kid_missing_from_ring_is_named(owner: TestClient) -> None:
+    from keybroker.crypto.keyring import UnknownKidError
+
+    save(owner, GOOD_KEY)
+    ctx = get_context(owner)
+    other = KeyRing.parse("k7:" + base64.b64encode(b"z" * 32).decode())
+    with pytest.raises(UnknownKidError, match="'k1'"):
+        provider_keys.open_key(ctx.engine, other, owner_id(owner))
