@@ -38,3 +38,100 @@ def login(client: TestClient, authn: SoftAuthenticator, **bend: Any) -> Any:
 
 def signed_in(client: TestClient) -> bool:
     return client.get("/settings", follow_redirects=False).status_code == 200
+
+
+GOOD_KEY = "sk-test-" + "K" * 40
+APP = "http://127.0.0.1:5555"
+
+
+def save_key(client: TestClient, key: str = GOOD_KEY) -> None:
+    page = client.post("/key", data={"key": key, "next": "/key"}, headers=SAME_ORIGIN)
+    assert page.status_code == 200, page.text
+
+
+def pkce() -> tuple[str, str]:
+    import base64
+    import hashlib
+    import secrets
+
+    verifier = secrets.token_urlsafe(48)
+    digest = hashlib.sha256(verifier.encode()).digest()
+    return verifier, base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
+
+
+def authorize_query(client_id: str = APP, challenge: str | None = None, **extra: str) -> str:
+    from urllib.parse import urlencode
+
+    params = {
+        "response_type": "code",
+        "client_id": client_id,
+        "state": "st-123",
+        "scope": "chat models",
+        "code_challenge_method": "S256",
+    }
+    if challenge is not None:
+        params["code_challenge"] = challenge
+    if client_id.startswith("http"):
+        params["response_mode"] = "web_message"
+    params.update(extra)
+    return urlencode({k: v for k, v in params.items() if v != ""})
+
+
+DEFAULT_CHOICES = {
+    "scopes": ["chat", "models"],
+    "models": "",
+    "budget_usd": "5",
+    "rpm": "60",
+    "days": "30",
+}
+
+
+def decide(
+    client: TestClient,
+    authn: SoftAuthenticator | None,
+    query: str,
+    decision: str = "allow",
+    choices: dict[str, Any] | None = None,
+) -> Any:
+    body: dict[str, Any] = {"query": query, "decision": decision}
+    if decision == "allow":
+        assert authn is not None
+        start = post(client, "/auth/consent/options").json()
+        body.update(
+            choices=choices or DEFAULT_CHOICES,
+            ceremony=start["ceremony"],
+            credential=authn.get(start["publicKey"]),
+        )
+    return post(client, "/authorize/decision", body)
+
+
+def redeem(client: TestClient, code: str, verifier: str, client_id: str = APP, **extra: str) -> Any:
+    headers = {"origin": client_id} if client_id.startswith("http") else {}
+    return client.post(
+        "/oauth/token",
+        data={
+            "grant_type": "authorization_code",
+            "code": code,
+            "code_verifier": verifier,
+            "client_id": client_id,
+            **extra,
+        },
+        headers=headers,
+    )
+
+
+def grant_token(
+    client: TestClient,
+    authn: SoftAuthenticator,
+    choices: dict[str, Any] | None = None,
+    client_id: str = APP,
+) -> dict[str, Any]:
+    """The whole popup flow at the HTTP level: returns the token response."""
+    verifier, challenge = pkce()
+    query = authorize_query(client_id, challenge)
+    assert client.get(f"/authorize?{query}").status_code == 200
+    result = decide(client, authn, query, choices=choices).json()
+    token = redeem(client, result["message"]["code"], verifier, client_id)
+    assert token.status_code == 200, token.text
+    data: dict[str, Any] = token.json()
+    return data

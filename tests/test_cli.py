@@ -36,7 +36,8 @@ def test_every_command_has_help(command: list[str], capsys: pytest.CaptureFixtur
 def test_db_upgrade_then_doctor_masks_secrets(tmp_path: Path) -> None:
     upgraded = run(["db", "upgrade"], tmp_path)
     assert upgraded.returncode == 0, upgraded.stderr
-    assert "applied 1 migration" in upgraded.stdout
+    assert "migration(s); database is at the latest revision" in upgraded.stdout
+    assert "applied 0 migration" not in upgraded.stdout
     assert "applied 0 migration" in run(["db", "upgrade"], tmp_path).stdout
     doctor = run(
         ["doctor"],

@@ -18,9 +18,11 @@ from keybroker.auth.passkeys import RelyingParty
 from keybroker.auth.sessions import SessionManager
 from keybroker.context import Context
 from keybroker.crypto.keyring import KeyRing
+from keybroker.oauth import endpoints as oauth_endpoints
+from keybroker.oauth.grants import build_server
 from keybroker.resources import resource_dir
 from keybroker.settings import Settings
-from keybroker.web import auth_routes, key_routes, pages
+from keybroker.web import auth_routes, consent, key_routes, pages
 from keybroker.web.headers import SecurityHeadersMiddleware
 
 logger = logging.getLogger("keybroker")
@@ -28,14 +30,16 @@ logger = logging.getLogger("keybroker")
 
 def build_context(settings: Settings) -> Context:
     engine = db.make_engine(settings.database_url)
+    ring = KeyRing.parse(settings.master_keys)
     return Context(
         settings=settings,
         engine=engine,
-        ring=KeyRing.parse(settings.master_keys),
+        ring=ring,
         sessions=SessionManager(engine, settings.secret_key, secure=settings.secure_cookies),
         challenges=DatabaseChallengeStore(engine),
         templates=Jinja2Templates(directory=resource_dir("templates")),
         rp=RelyingParty(id=settings.rp_id, name="keybroker", origin=settings.origin),
+        oauth=build_server(engine, ring, issuer=settings.public_url, base_url=settings.base_url),
     )
 
 
@@ -65,6 +69,8 @@ def create_app(settings: Settings, *, migrate: bool | None = None) -> Starlette:
             *pages.routes,
             *auth_routes.routes,
             *key_routes.routes,
+            *consent.routes,
+            *oauth_endpoints.routes,
             Mount("/static", StaticFiles(directory=resource_dir("static")), name="static"),
         ],
         middleware=[Middleware(SecurityHeadersMiddleware, hsts=settings.secure_cookies)],

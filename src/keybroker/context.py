@@ -12,6 +12,7 @@ from keybroker.auth.challenges import ChallengeStore
 from keybroker.auth.passkeys import RelyingParty
 from keybroker.auth.sessions import SessionManager
 from keybroker.crypto.keyring import KeyRing
+from keybroker.oauth.server import AuthorizationServer
 from keybroker.settings import Settings
 
 
@@ -24,6 +25,7 @@ class Context:
     challenges: ChallengeStore
     templates: Jinja2Templates
     rp: RelyingParty
+    oauth: AuthorizationServer
 
 
 def get_context(conn: HTTPConnection) -> Context:

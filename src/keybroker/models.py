@@ -91,3 +91,51 @@ class AuditEvent(SQLModel, table=True):
     at: datetime = Field(default_factory=utcnow, index=True)
     action: str = Field(max_length=64)
     detail: str = Field(default="", max_length=500)
+
+
+class RegisteredClient(SQLModel, table=True):
+    """A desktop, CLI or server app registered with ``keybroker clients add``."""
+
+    __tablename__ = "clients"
+    id: str = Field(primary_key=True, max_length=64)
+    name: str = Field(max_length=200)
+    redirect_uris: str = Field(max_length=4000)  # JSON list
+    created_at: datetime = Field(default_factory=utcnow)
+
+
+class AuthorizationCode(SQLModel, table=True):
+    __tablename__ = "authorization_codes"
+    # SHA-256 of the code: the code itself is never stored (a reader cannot redeem it).
+    id: str = Field(primary_key=True, max_length=64)
+    user_id: str = Field(sa_column=_user_fk())
+    client_id: str = Field(max_length=300)
+    redirect_uri: str | None = Field(default=None, max_length=2000)
+    code_challenge: str = Field(max_length=128)
+    scope: str = Field(max_length=500)
+    choices: str = Field(max_length=4000)  # JSON: models, budget, rate, expiry
+    # The provider key sealed under a key derived from the code, until it is redeemed.
+    sealed_key: str | None = Field(default=None, max_length=4000)
+    expires_at: datetime
+    used_at: datetime | None = None
+    grant_id: str | None = Field(default=None, max_length=32)
+
+
+class Grant(SQLModel, table=True):
+    __tablename__ = "grants"
+    id: str = Field(primary_key=True, max_length=32)
+    user_id: str = Field(sa_column=_user_fk())
+    client_id: str = Field(max_length=300, index=True)
+    client_name: str = Field(max_length=300)
+    web_origin: str | None = Field(default=None, max_length=300)
+    scopes: str = Field(max_length=500)
+    models: str = Field(default="[]", max_length=4000)  # JSON list; empty means any model
+    budget_microusd: int
+    rpm: int
+    expires_at: datetime
+    created_at: datetime = Field(default_factory=utcnow)
+    last_used_at: datetime | None = None
+    secret_hash: str = Field(max_length=64)
+    # The grant copy of the provider key (DESIGN.md, Key custody); NULL once revoked.
+    sealed_copy: str | None = Field(default=None, max_length=8000)
+    kid: str | None = Field(default=None, max_length=32, index=True)
+    revoked_at: datetime | None = None

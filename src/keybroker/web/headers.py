@@ -10,10 +10,11 @@ CSP = (
     "connect-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; "
     "frame-ancestors 'none'"
 )
-# Pages that run inside the consent popup must keep window.opener so they can post the
-# result back (HTML Standard, "cross-origin opener policies"): they opt out per response by
-# setting their own Cross-Origin-Opener-Policy header first.
 DEFAULT_COOP = "same-origin"
+# Pages that can load inside the consent popup must keep window.opener to post the result
+# back: any COOP but unsafe-none would put them in a new browsing context group with no
+# opener (HTML Standard, "cross-origin opener policies").
+POPUP_PATHS = ("/authorize", "/key")
 
 
 class SecurityHeadersMiddleware:
@@ -34,7 +35,10 @@ class SecurityHeadersMiddleware:
                 if headers.get("content-type", "").startswith("text/html"):
                     headers.setdefault("content-security-policy", CSP)
                     headers.setdefault("x-frame-options", "DENY")
-                    headers.setdefault("cross-origin-opener-policy", DEFAULT_COOP)
+                    popup = scope["path"].startswith(POPUP_PATHS)
+                    headers.setdefault(
+                        "cross-origin-opener-policy", "unsafe-none" if popup else DEFAULT_COOP
+                    )
                     headers.setdefault("cache-control", "no-store")
                 if self.hsts:
                     headers.setdefault(

@@ -14,7 +14,9 @@ from keybroker.web.http import HTTPProblem, safe_next
 from keybroker.web.pages import render
 
 
-async def key_page(request: Request, *, error: str | None = None, status: int = 200) -> Response:
+async def key_page(
+    request: Request, *, error: str | None = None, status: int = 200, next_url: str | None = None
+) -> Response:
     signed_in = await guard(request, "/key")
     if isinstance(signed_in, Response):
         return signed_in
@@ -55,7 +57,9 @@ async def save_key(request: Request) -> Response:
             timeout=ctx.settings.validation_timeout,
         )
     except provider_keys.KeyRejectedError as exc:
-        return await key_page(request, error=exc.message, status=exc.status)
+        return await key_page(
+            request, error=exc.message, status=exc.status, next_url=form.get("next")
+        )
     await run_in_threadpool(
         lambda: provider_keys.save_key(ctx.engine, ctx.ring, user_id=signed_in.user.id, key=key)
     )

@@ -15,10 +15,18 @@ from keybroker.context import get_context
 from keybroker.web.http import safe_next
 
 
-def render(request: Request, name: str, status: int = 200, **context: Any) -> Response:
+def render(
+    request: Request,
+    name: str,
+    status: int = 200,
+    headers: dict[str, str] | None = None,
+    **context: Any,
+) -> Response:
     ctx = get_context(request)
     context.setdefault("settings", ctx.settings)
-    return ctx.templates.TemplateResponse(request, name, context, status_code=status)
+    return ctx.templates.TemplateResponse(
+        request, name, context, status_code=status, headers=headers
+    )
 
 
 async def landing(request: Request) -> Response:

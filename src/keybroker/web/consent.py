@@ -1,0 +1,244 @@
+"""The authorization endpoint's pages: sign in, paste a key, consent; then the decision.
+
+Every step re-validates the whole authorization request through authlib, so nothing the
+browser sends back between steps is trusted. Responses reach a web-origin app by
+postMessage to its exact origin (never "*"), and a registered app by redirect to its
+registered URI; an invalid client or redirect URI only ever gets an error page.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import parse_qsl
+
+from authlib.oauth2.rfc6749.errors import OAuth2Error
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from keybroker import grants as grant_store
+from keybroker import provider_keys
+from keybroker.auth import accounts, passkeys
+from keybroker.auth.challenges import ChallengeError
+from keybroker.context import Context, get_context
+from keybroker.grants import ChoiceError
+from keybroker.oauth.clients import SCOPES, Client
+from keybroker.oauth.grants import Consent
+from keybroker.oauth.server import HTTPInput, OAuthResult, with_params
+from keybroker.web.auth_routes import ceremony_endpoint
+from keybroker.web.http import HTTPProblem, problem, read_json_object
+from keybroker.web.pages import render
+
+MAX_QUERY = 8 * 1024
+
+
+def _input(request: Request, query: str) -> HTTPInput:
+    return HTTPInput(
+        method="GET",
+        url=f"{get_context(request).settings.public_url}/authorize",
+        headers=dict(request.headers),
+        query=parse_qsl(query, keep_blank_values=True),
+    )
+
+
+def _validate(ctx: Context, given: HTTPInput) -> Any:
+    grant = ctx.oauth.get_consent_grant(given)
+    client: Client = grant.request.client
+    mode = grant.request.payload.data.get("response_mode")
+    if client.origin is not None and mode != "web_message":
+        raise _invalid("A web app must use response_mode=web_message.")
+    if client.origin is None and mode not in (None, "query"):
+        raise _invalid("A registered app gets its response by redirect (response_mode=query).")
+    return grant
+
+
+def _invalid(description: str) -> OAuth2Error:
+    from authlib.oauth2.rfc6749.errors import InvalidRequestError
+
+    return InvalidRequestError(description)
+
+
+def _delivery(ctx: Context, client: Client | None, result: OAuthResult) -> dict[str, Any]:
+    """How the popup or redirect hands the result to the app."""
+    params = result.params()
+    if client is not None and client.origin is not None:
+        message = {"type": "authorization_response", **params}
+        message.setdefault("iss", ctx.settings.public_url)
+        return {"mode": "web_message", "origin": client.origin, "message": message}
+    return {"mode": "redirect", "location": result.location}
+
+
+def _error_result(ctx: Context, error: OAuth2Error, state: str | None) -> OAuthResult | None:
+    if not error.redirect_uri:
+        return None
+    error.state = state
+    status, body, headers = error()
+    result = OAuthResult(status, body, list(headers))
+    result.location = with_params(result.location or "", {"iss": ctx.settings.public_url})
+    return result
+
+
+async def authorize(request: Request) -> Response:
+    ctx = get_context(request)
+    query = request.url.query
+    if len(query) > MAX_QUERY:
+        return _error_page(request, "invalid_request", "The authorization request is too long.")
+    given = _input(request, query)
+    try:
+        grant = await run_in_threadpool(_validate, ctx, given)
+    except OAuth2Error as error:
+        state = dict(given.query).get("state")
+        asking = await run_in_threadpool(
+            ctx.oauth.query_client, dict(given.query).get("client_id", "")
+        )
+        result = _error_result(ctx, error, state)
+        if result is None:
+            return _error_page(request, error.error, error.get_error_description())
+        delivery = _delivery(ctx, asking, result)
+        if delivery["mode"] == "redirect":
+            return Response(status_code=302, headers={"location": delivery["location"]})
+        return _error_page(request, error.error, error.get_error_description(), delivery)
+    client: Client = grant.request.client
+    signed_in = await run_in_threadpool(ctx.sessions.current, request)
+    here = f"/authorize?{query}"
+    common: dict[str, Any] = {"client": client, "signed_in": signed_in, "next_url": here}
+    if signed_in is None:
+        return render(request, "authorize.html", step="signin", **common)
+    stored = await run_in_threadpool(provider_keys.stored_key, ctx.engine, signed_in.user.id)
+    if stored is None:
+        return render(request, "authorize.html", step="key", error=None, **common)
+    data = grant.request.payload.data
+    scopes = grant.request.scope.split()
+    return render(
+        request,
+        "authorize.html",
+        step="consent",
+        **common,
+        stored=stored,
+        query=query,
+        scopes=[(s, SCOPES[s]) for s in scopes],
+        models=data.get("models", ""),
+        budget=_hint(data.get("budget"), 5, 0, 10_000),
+        rpm=int(_hint(data.get("rpm"), 60, 1, 10_000)),
+        days=int(_hint(data.get("expires_in_days"), 30, 1, 365)),
+    )
+
+
+def _hint(value: str | None, default: float, low: float, high: float) -> float:
+    try:
+        number = float(value) if value else default
+    except ValueError:
+        return default
+    return min(max(number, low), high) if number == number else default
+
+
+def _error_page(
+    request: Request, error: str, description: str | None, delivery: dict[str, Any] | None = None
+) -> Response:
+    return render(
+        request,
+        "authorize_error.html",
+        400,
+        error=error,
+        description=description or "",
+        delivery=delivery,
+    )
+
+
+@ceremony_endpoint
+async def consent_options(request: Request, ctx: Context, body: dict[str, Any]) -> Response:
+    signed_in = await run_in_threadpool(ctx.sessions.current, request)
+    if signed_in is None:
+        raise HTTPProblem(401, "Sign in first.")
+    mine = await run_in_threadpool(accounts.passkeys_of, ctx.engine, signed_in.user.id)
+    issued = await run_in_threadpool(ctx.challenges.issue, "consent", signed_in.user.id)
+    options = passkeys.authentication_options(ctx.rp, challenge=issued.challenge)
+    options["allowCredentials"] = [{"type": "public-key", "id": p.credential_id} for p in mine]
+    return JSONResponse({"ceremony": issued.id, "publicKey": options})
+
+
+async def _verify_fresh_assertion(ctx: Context, user_id: str, body: dict[str, Any]) -> None:
+    """ "Allow" needs a new user-verified assertion by one of this owner's passkeys."""
+    ceremony = body.get("ceremony")
+    if not isinstance(ceremony, str):
+        raise HTTPProblem(400, "Confirm with your passkey to allow access.")
+    issued = await run_in_threadpool(ctx.challenges.consume, ceremony, expected_purpose="consent")
+    if issued.subject != user_id:
+        raise HTTPProblem(400, "This confirmation belongs to another session. Start again.")
+    credential = body.get("credential")
+    credential_id, _ = passkeys.credential_user_handle(credential)
+    found = await run_in_threadpool(accounts.find_credential, ctx.engine, credential_id)
+    if found is None or found[1].id != user_id:
+        raise passkeys.UnknownCredentialError("That passkey is not one of this account's.")
+    passkey, user = found
+    assertion = passkeys.verify_assertion(
+        credential,
+        rp=ctx.rp,
+        expected_challenge=issued.challenge,
+        stored=accounts.stored_credential(passkey, user),
+    )
+    await run_in_threadpool(
+        accounts.record_sign_in, ctx.engine, passkey.id, assertion, action="consent.confirmed"
+    )
+
+
+async def decision(request: Request) -> Response:
+    ctx = get_context(request)
+    from keybroker.auth.csrf import is_cross_site
+
+    if is_cross_site(request, expected_origin=ctx.settings.origin, method="POST"):
+        return problem(403, "Cross-site request refused.")
+    signed_in = await run_in_threadpool(ctx.sessions.current, request)
+    if signed_in is None:
+        return problem(401, "Your session ended. Sign in again.")
+    try:
+        body = await read_json_object(request)
+        query = body.get("query")
+        if not isinstance(query, str) or len(query) > MAX_QUERY:
+            raise HTTPProblem(400, "The authorization request is missing.")
+        given = _input(request, query)
+        try:
+            grant = await run_in_threadpool(_validate, ctx, given)
+        except OAuth2Error as error:
+            raise HTTPProblem(400, error.get_error_description() or error.error) from None
+        client: Client = grant.request.client
+        consent: Consent | None = None
+        if body.get("decision") == "allow":
+            fields = body.get("choices")
+            if not isinstance(fields, dict):
+                raise HTTPProblem(400, "The consent choices are missing.")
+            asked = grant.request.scope.split()
+            picked = [s for s in fields.get("scopes", []) if s in asked]
+            choices = grant_store.choices_from_form(
+                {k: str(v) for k, v in fields.items() if k != "scopes"}, picked
+            )
+            await _verify_fresh_assertion(ctx, signed_in.user.id, body)
+            key = await run_in_threadpool(
+                provider_keys.open_key, ctx.engine, ctx.ring, signed_in.user.id
+            )
+            if key is None:
+                raise HTTPProblem(409, "Your OpenAI key is gone. Add it again first.")
+            consent = Consent(signed_in.user.id, choices, key)
+        elif body.get("decision") != "deny":
+            raise HTTPProblem(400, "Choose Allow or Deny.")
+    except HTTPProblem as exc:
+        return problem(exc.status, exc.message)
+    except ChoiceError as exc:
+        return problem(400, str(exc))
+    except (ChallengeError, passkeys.PasskeyError) as exc:
+        return problem(400, exc.message)
+    if consent is not None:
+        # Narrowed scopes become the granted scope (RFC 6749 §3.3).
+        grant.request.scope = " ".join(consent.choices.scopes)
+    result: OAuthResult = await run_in_threadpool(
+        lambda: ctx.oauth.create_authorization_response(given, grant_user=consent, grant=grant)
+    )
+    return JSONResponse(_delivery(ctx, client, result), headers={"cache-control": "no-store"})
+
+
+routes = [
+    Route("/authorize", authorize),
+    Route("/authorize/decision", decision, methods=["POST"]),
+    Route("/auth/consent/options", consent_options, methods=["POST"]),
+]
