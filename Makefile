@@ -2,8 +2,9 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
+NPM_CI := npm ci --no-audit --no-fund --loglevel=error
 
-.PHONY: run test check install sdk bench clean
+.PHONY: run test install sdk bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -11,15 +12,31 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
+js-sdk/node_modules/.package-lock.json: js-sdk/package-lock.json
+	cd js-sdk && $(NPM_CI)
+
+examples/demo-app/node_modules/.package-lock.json: examples/demo-app/package-lock.json
+	cd examples/demo-app && $(NPM_CI)
+
 install: $(STAMP)
 
-## run: the broker on http://localhost:8000 (SQLite, no configuration)
-run: install
-	$(VENV)/bin/keybroker serve
+## sdk: build the JS SDK (static/sdk) and the demo app's bundle
+sdk: js-sdk/node_modules/.package-lock.json examples/demo-app/node_modules/.package-lock.json
+	cd js-sdk && npm run --silent build
+	cd examples/demo-app && npm run --silent build
 
-## test: lint, types and the whole test suite (what CI runs)
-test: install
+## run: the broker on http://localhost:8000 and the demo app on http://127.0.0.1:8001
+run: install sdk
+	$(VENV)/bin/keybroker serve --with-demo
+
+## test: lint, types, the JS SDK's tests and the whole Python suite (what CI runs)
+test: install sdk
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" bash scripts/test
 
+## bench: the proxy benchmark (writes docs/benchmarks.md)
+bench: install
+	$(PY) -m bench
+
 clean:
-	rm -rf $(VENV) .keybroker .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .keybroker .pytest_cache .mypy_cache .ruff_cache static/sdk \
+	  js-sdk/node_modules examples/demo-app/node_modules examples/demo-app/dist

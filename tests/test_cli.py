@@ -9,7 +9,15 @@ import pytest
 
 from keybroker.cli import build_parser
 
-COMMANDS = [["serve"], ["db", "upgrade"], ["doctor"], ["keys", "rotate"], ["keys", "rewrap"]]
+COMMANDS = [
+    ["serve"],
+    ["db", "upgrade"],
+    ["doctor"],
+    ["keys", "rotate"],
+    ["keys", "rewrap"],
+    ["clients", "add"],
+    ["demo"],
+]
 
 
 def run(args: list[str], tmp_path: Path, **env: str) -> subprocess.CompletedProcess[str]:

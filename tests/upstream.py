@@ -86,22 +86,27 @@ def build_app(state: Upstream) -> Starlette:
     return Starlette(routes=[Route("/v1/models", models)])
 
 
-def start_upstream() -> Upstream:
-    state = Upstream()
+def serve_in_thread(app: Any) -> tuple[uvicorn.Server, str]:
+    """An ASGI app under uvicorn on a free loopback port, in a daemon thread."""
     port = free_port()
-    config = uvicorn.Config(
-        build_app(state), host="127.0.0.1", port=port, log_level="warning", lifespan="off"
-    )
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off")
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 10
     while not server.started:
-        if time.monotonic() > deadline:
-            raise RuntimeError("mock upstream did not start")
+        if time.monotonic() > deadline or not thread.is_alive():
+            raise RuntimeError("server did not start")
         time.sleep(0.01)
-    state.url = f"http://127.0.0.1:{port}/v1"
-    state.server, state.thread = server, thread
+    server.thread = thread  # type: ignore[attr-defined]
+    return server, f"http://127.0.0.1:{port}"
+
+
+def start_upstream() -> Upstream:
+    state = Upstream()
+    server, url = serve_in_thread(build_app(state))
+    state.url = f"{url}/v1"
+    state.server, state.thread = server, server.thread  # type: ignore[attr-defined]
     return state
 
 

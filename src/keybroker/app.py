@@ -5,12 +5,15 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 from starlette.applications import Starlette
+from starlette.datastructures import MutableHeaders
 from starlette.middleware import Middleware
 from starlette.routing import Mount
 from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
+from starlette.types import Message, Receive, Scope, Send
 
 from keybroker import db
 from keybroker.auth.challenges import DatabaseChallengeStore
@@ -26,6 +29,21 @@ from keybroker.web import auth_routes, consent, key_routes, pages
 from keybroker.web.headers import SecurityHeadersMiddleware
 
 logger = logging.getLogger("keybroker")
+
+
+class CrossOriginStatic:
+    def __init__(self, directory: Path) -> None:
+        self.files = StaticFiles(directory=directory, check_dir=False)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        async def send_with_cors(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = MutableHeaders(scope=message)
+                headers["access-control-allow-origin"] = "*"
+                headers["cross-origin-resource-policy"] = "cross-origin"
+            await send(message)
+
+        await self.files(scope, receive, send_with_cors)
 
 
 def build_context(settings: Settings) -> Context:
@@ -72,6 +90,8 @@ def create_app(settings: Settings, *, migrate: bool | None = None) -> Starlette:
             *consent.routes,
             *oauth_endpoints.routes,
             Mount("/static", StaticFiles(directory=resource_dir("static")), name="static"),
+            # The SDK is loaded by other origins (ES module imports need CORS).
+            Mount("/sdk", CrossOriginStatic(resource_dir("static") / "sdk"), name="sdk"),
         ],
         middleware=[Middleware(SecurityHeadersMiddleware, hsts=settings.secure_cookies)],
         lifespan=lifespan,

@@ -39,6 +39,11 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
         f"keybroker: serving {settings.public_url} (listening on {args.host}:{args.port})",
         file=sys.stderr,
     )
+    if args.with_demo:
+        if args.workers != 1:
+            print("keybroker: --with-demo runs one worker; drop --workers", file=sys.stderr)
+            return 2
+        _start_demo_thread(settings.public_url, args.host, args.demo_port)
     uvicorn.run(
         "keybroker.cli:app_factory",
         factory=True,
@@ -49,6 +54,52 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
         log_level=args.log_level,
         server_header=False,
     )
+    return 0
+
+
+def _start_demo_thread(broker_url: str, host: str, port: int) -> None:
+    import threading
+
+    from keybroker.demo import create_demo_app
+
+    server = uvicorn.Server(
+        uvicorn.Config(
+            create_demo_app(broker_url), host=host, port=port, log_level="warning", lifespan="off"
+        )
+    )
+    threading.Thread(target=server.run, name="demo", daemon=True).start()
+    print(
+        f"keybroker: demo app on http://{host}:{port} - open it and click 'Sign in with OpenAI'",
+        file=sys.stderr,
+    )
+
+
+def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
+    from keybroker.demo import create_demo_app
+
+    broker = args.broker or settings.public_url
+    print(
+        f"keybroker: demo app on http://{args.host}:{args.port} using the broker at {broker};"
+        " open it and click 'Sign in with OpenAI'",
+        file=sys.stderr,
+    )
+    uvicorn.run(
+        create_demo_app(broker), host=args.host, port=args.port, log_level="warning", lifespan="off"
+    )
+    return 0
+
+
+def cmd_clients_add(settings: Settings, args: argparse.Namespace) -> int:
+    from keybroker.oauth.clients import ClientRegistrationError, register_client
+
+    engine = db.make_engine(settings.database_url)
+    try:
+        client_id = register_client(engine, name=args.name, redirect_uris=args.redirect_uri)
+    except ClientRegistrationError as exc:
+        print(f"keybroker: {exc}", file=sys.stderr)
+        return 2
+    print(f"registered {args.name!r}; its client_id is:", file=sys.stderr)
+    print(client_id)
     return 0
 
 
@@ -186,7 +237,45 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"]
     )
+    serve.add_argument(
+        "--with-demo",
+        action="store_true",
+        help="also serve the example third-party app on --demo-port",
+    )
+    serve.add_argument("--demo-port", type=int, default=8001, help="port for --with-demo")
     serve.set_defaults(func=cmd_serve)
+
+    demo = sub.add_parser(
+        "demo",
+        help="serve the example third-party app",
+        description="Serve the example chat app (examples/demo-app) on a "
+        "second origin, using the broker at --broker.",
+    )
+    demo.add_argument("--host", default="127.0.0.1")
+    demo.add_argument("--port", type=int, default=8001)
+    demo.add_argument(
+        "--broker", default=None, help="the broker's URL (default: KEYBROKER_PUBLIC_URL)"
+    )
+    demo.set_defaults(func=cmd_demo)
+
+    clients = sub.add_parser("clients", help="registered apps")
+    clients_sub = clients.add_subparsers(dest="clients_command", required=True, metavar="COMMAND")
+    add = clients_sub.add_parser(
+        "add",
+        help="register a desktop, command-line or server app",
+        description="Register an app that receives its authorization response by redirect. "
+        "A loopback redirect such as http://127.0.0.1/callback matches any port "
+        "(RFC 8252 section 7.3); every other redirect URI must match exactly. Prints the "
+        "client_id.",
+    )
+    add.add_argument("--name", required=True, help="shown to people on the consent screen")
+    add.add_argument(
+        "--redirect-uri",
+        action="append",
+        required=True,
+        help="an allowed redirect URI (repeat for several)",
+    )
+    add.set_defaults(func=cmd_clients_add)
 
     database = sub.add_parser("db", help="database commands")
     db_sub = database.add_subparsers(dest="db_command", required=True, metavar="COMMAND")

@@ -9,7 +9,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from playwright.sync_api import Browser, BrowserContext, CDPSession, Page, sync_playwright
+from playwright.sync_api import (
+    Browser,
+    BrowserContext,
+    CDPSession,
+    Page,
+    Playwright,
+    sync_playwright,
+)
 
 from tests.live import LiveBroker, start_broker
 from tests.upstream import Upstream
@@ -43,13 +50,18 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 
 @pytest.fixture(scope="session")
-def browser() -> Iterator[Browser]:
+def playwright() -> Iterator[Playwright]:
     if shutil.which(CHROMIUM) is None:
         pytest.fail(f"{CHROMIUM} is missing: install Debian's chromium (bash .ci/run does)")
-    with sync_playwright() as p:
-        instance = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS, headless=True)
+    with sync_playwright() as instance:
         yield instance
-        instance.close()
+
+
+@pytest.fixture(scope="session")
+def browser(playwright: Playwright) -> Iterator[Browser]:
+    instance = playwright.chromium.launch(executable_path=CHROMIUM, args=FLAGS, headless=True)
+    yield instance
+    instance.close()
 
 
 @pytest.fixture(scope="session")
@@ -60,6 +72,17 @@ def broker(tmp_path_factory: pytest.TempPathFactory, upstream: Upstream) -> Iter
     )
     yield live
     live.stop()
+
+
+@pytest.fixture(scope="session")
+def demo(broker: LiveBroker) -> Iterator[str]:
+    """The example third-party app on its own origin (127.0.0.1, the broker is on localhost)."""
+    from keybroker.demo import create_demo_app
+    from tests.upstream import serve_in_thread
+
+    server, url = serve_in_thread(create_demo_app(broker.url))
+    yield url
+    server.should_exit = True
 
 
 @dataclass
