@@ -128,7 +128,8 @@ def grant_token(
 ) -> dict[str, Any]:
     """The whole popup flow at the HTTP level: returns the token response."""
     verifier, challenge = pkce()
-    query = authorize_query(client_id, challenge)
+    scope = " ".join((choices or DEFAULT_CHOICES)["scopes"])
+    query = authorize_query(client_id, challenge, scope=scope)
     assert client.get(f"/authorize?{query}").status_code == 200
     result = decide(client, authn, query, choices=choices).json()
     token = redeem(client, result["message"]["code"], verifier, client_id)

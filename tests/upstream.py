@@ -8,6 +8,8 @@ tests can check exactly what reached the upstream.
 from __future__ import annotations
 
 import asyncio
+import json
+import re
 import threading
 import time
 from dataclasses import dataclass, field
@@ -16,7 +18,7 @@ from typing import Any
 import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from tests.net import free_port
@@ -36,6 +38,8 @@ class Seen:
 class Upstream:
     url: str = ""
     seen: list[Seen] = field(default_factory=list)
+    cancelled: list[str] = field(default_factory=list)
+    completed: list[str] = field(default_factory=list)
     server: uvicorn.Server | None = None
     thread: threading.Thread | None = None
 
@@ -83,13 +87,280 @@ def build_app(state: Upstream) -> Starlette:
         ]
         return JSONResponse({"object": "list", "data": data})
 
-    return Starlette(routes=[Route("/v1/models", models)])
+    async def chat(request: Request) -> Response:
+        refused = await record(request)
+        if refused is not None:
+            return refused
+        try:
+            body = json.loads(state.seen[-1].body)
+        except ValueError:
+            return openai_error(
+                400,
+                "We could not parse the JSON body of your request.",
+                "invalid_request_error",
+                None,
+            )
+        text = " ".join(str(m.get("content", "")) for m in body.get("messages", []))
+        directives = dict(re.findall(r"(\w+):(\d+)", text))
+        if "error" in directives:
+            status = int(directives["error"])
+            return (
+                openai_error(status, f"upstream says {status}", "server_error", None)
+                if status != 429
+                else JSONResponse(
+                    {
+                        "error": {
+                            "message": "Rate limit reached",
+                            "type": "requests",
+                            "param": None,
+                            "code": "rate_limit_exceeded",
+                        }
+                    },
+                    status_code=429,
+                    headers={"x-ratelimit-remaining-requests": "0", "retry-after": "1"},
+                )
+            )
+        if "sleep" in directives:
+            await asyncio.sleep(int(directives["sleep"]) / 1000)
+        model = body.get("model", "gpt-4o-mini")
+        prompt_tokens = 10 * len(body.get("messages", []))
+        if not body.get("stream"):
+            return JSONResponse(
+                {
+                    "id": "chatcmpl-1",
+                    "object": "chat.completion",
+                    "created": 1,
+                    "model": model,
+                    "choices": [
+                        {
+                            "index": 0,
+                            "finish_reason": "stop",
+                            "message": {"role": "assistant", "content": "Hello there!"},
+                        }
+                    ],
+                    "usage": {
+                        "prompt_tokens": prompt_tokens,
+                        "completion_tokens": int(directives.get("tokens", 7)),
+                        "total_tokens": prompt_tokens + int(directives.get("tokens", 7)),
+                    },
+                    "system_fingerprint": "fp_x",
+                },
+                headers={
+                    "x-request-id": "req_upstream_1",
+                    "openai-organization": "org-owner",
+                    "x-ratelimit-remaining-requests": "99",
+                },
+            )
+        chunks = int(directives.get("chunks", 5))
+        pace = int(directives.get("pace", 0)) / 1000
+        broken = "broken" in text
+        with_usage = (body.get("stream_options") or {}).get("include_usage") is True
+
+        async def events() -> Any:
+            try:
+                for i in range(chunks):
+                    if broken and i == 2:
+                        raise RuntimeError("upstream broke the stream")
+                    chunk = {
+                        "id": "chatcmpl-2",
+                        "object": "chat.completion.chunk",
+                        "created": 1,
+                        "model": model,
+                        "choices": [
+                            {"index": 0, "delta": {"content": f"w{i} "}, "finish_reason": None}
+                        ],
+                    }
+                    if with_usage:
+                        chunk["usage"] = None
+                    yield f"data: {json.dumps(chunk)}\n\n".encode()
+                    if pace:
+                        await asyncio.sleep(pace)
+                if with_usage:
+                    last = {
+                        "id": "chatcmpl-2",
+                        "object": "chat.completion.chunk",
+                        "created": 1,
+                        "model": model,
+                        "choices": [],
+                        "usage": {
+                            "prompt_tokens": prompt_tokens,
+                            "completion_tokens": chunks,
+                            "total_tokens": prompt_tokens + chunks,
+                        },
+                    }
+                    yield f"data: {json.dumps(last)}\n\n".encode()
+                yield b"data: [DONE]\n\n"
+                state.completed.append("chat")
+            except asyncio.CancelledError:
+                state.cancelled.append("chat")
+                raise
+
+        return StreamingResponse(
+            events(), media_type="text/event-stream", headers={"x-request-id": "req_stream_1"}
+        )
+
+    async def responses(request: Request) -> Response:
+        refused = await record(request)
+        if refused is not None:
+            return refused
+        body = json.loads(state.seen[-1].body)
+        model = body.get("model", "gpt-4o-mini")
+        usage = {"input_tokens": 21, "output_tokens": 4, "total_tokens": 25}
+        final = {
+            "id": "resp_1",
+            "object": "response",
+            "created_at": 1,
+            "model": model,
+            "status": "completed",
+            "output": [
+                {
+                    "type": "message",
+                    "id": "msg_1",
+                    "role": "assistant",
+                    "status": "completed",
+                    "content": [{"type": "output_text", "text": "a b c d", "annotations": []}],
+                }
+            ],
+            "usage": usage,
+        }
+        if not body.get("stream"):
+            return JSONResponse(final)
+
+        async def events() -> Any:
+            seq = 0
+            created = {**final, "status": "in_progress", "usage": None, "output": []}
+            yield _sse(
+                "response.created",
+                {"type": "response.created", "response": created, "sequence_number": seq},
+            )
+            for word in "abcd":
+                seq += 1
+                yield _sse(
+                    "response.output_text.delta",
+                    {
+                        "type": "response.output_text.delta",
+                        "item_id": "msg_1",
+                        "output_index": 0,
+                        "content_index": 0,
+                        "delta": word + " ",
+                        "sequence_number": seq,
+                        "logprobs": [],
+                    },
+                )
+            yield _sse(
+                "response.completed",
+                {"type": "response.completed", "response": final, "sequence_number": seq + 1},
+            )
+
+        return StreamingResponse(events(), media_type="text/event-stream")
+
+    async def embeddings(request: Request) -> Response:
+        refused = await record(request)
+        if refused is not None:
+            return refused
+        body = json.loads(state.seen[-1].body)
+        return JSONResponse(
+            {
+                "object": "list",
+                "model": body.get("model"),
+                "data": [{"object": "embedding", "index": 0, "embedding": [0.1, 0.2, 0.3]}],
+                "usage": {"prompt_tokens": 5, "total_tokens": 5},
+            }
+        )
+
+    async def images(request: Request) -> Response:
+        refused = await record(request)
+        if refused is not None:
+            return refused
+        return JSONResponse(
+            {
+                "created": 1,
+                "data": [{"b64_json": "aGVsbG8="}],
+                "usage": {"input_tokens": 12, "output_tokens": 100, "total_tokens": 112},
+            }
+        )
+
+    async def speech(request: Request) -> Response:
+        refused = await record(request)
+        if refused is not None:
+            return refused
+        return Response(SPEECH, media_type="audio/mpeg")
+
+    async def transcriptions(request: Request) -> Response:
+        refused = await record(request)
+        if refused is not None:
+            return refused
+        form = await _form(state.seen[-1], request)
+        return JSONResponse(
+            {
+                "text": f"heard {form['file_size']} bytes",
+                "usage": {
+                    "type": "tokens",
+                    "input_tokens": 14,
+                    "output_tokens": 3,
+                    "total_tokens": 17,
+                },
+            }
+        )
+
+    async def files(request: Request) -> Response:
+        refused = await record(request)
+        if refused is not None:
+            return refused
+        form = await _form(state.seen[-1], request)
+        return JSONResponse(
+            {
+                "id": "file-abc123",
+                "object": "file",
+                "bytes": form["file_size"],
+                "created_at": 1,
+                "filename": form["filename"],
+                "purpose": form.get("purpose", ""),
+            }
+        )
+
+    return Starlette(
+        routes=[
+            Route("/v1/models", models),
+            Route("/v1/chat/completions", chat, methods=["POST"]),
+            Route("/v1/responses", responses, methods=["POST"]),
+            Route("/v1/embeddings", embeddings, methods=["POST"]),
+            Route("/v1/images/generations", images, methods=["POST"]),
+            Route("/v1/audio/speech", speech, methods=["POST"]),
+            Route("/v1/audio/transcriptions", transcriptions, methods=["POST"]),
+            Route("/v1/files", files, methods=["POST"]),
+            Route("/v1/moderations", embeddings, methods=["POST"]),
+        ]
+    )
 
 
-def serve_in_thread(app: Any) -> tuple[uvicorn.Server, str]:
+SPEECH = b"ID3" + bytes(range(256)) * 64
+
+
+def _sse(event: str, data: dict[str, Any]) -> bytes:
+    return f"event: {event}\ndata: {json.dumps(data)}\n\n".encode()
+
+
+async def _form(seen: Seen, request: Request) -> dict[str, Any]:
+    from keybroker.proxy.bodies import multipart_values
+
+    content_type = seen.headers.get("content-type", "").encode()
+    files = multipart_values(seen.body, content_type, "file")
+    purpose = multipart_values(seen.body, content_type, "purpose")
+    name = re.search(rb'filename="([^"]*)"', seen.body)
+    return {
+        "file_size": len(files[0].encode("utf-8", "surrogateescape")) if files else 0,
+        "filename": name.group(1).decode() if name else "",
+        "purpose": purpose[0] if purpose else "",
+    }
+
+
+def serve_in_thread(app: Any, lifespan: str = "off") -> tuple[uvicorn.Server, str]:
     """An ASGI app under uvicorn on a free loopback port, in a daemon thread."""
     port = free_port()
-    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off")
+    config = uvicorn.Config(
+        app, host="127.0.0.1", port=port, log_level="warning", lifespan=lifespan
+    )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()

@@ -23,6 +23,13 @@ from keybroker.context import Context
 from keybroker.crypto.keyring import KeyRing
 from keybroker.oauth import endpoints as oauth_endpoints
 from keybroker.oauth.grants import build_server
+from keybroker.proxy import grant_info
+from keybroker.proxy.cache import GrantCache
+from keybroker.proxy.forward import ProxyApp
+from keybroker.proxy.limits import MemoryLimits
+from keybroker.proxy.pricing import PriceTable
+from keybroker.proxy.upstream import Upstream
+from keybroker.proxy.usage import Recorder
 from keybroker.resources import resource_dir
 from keybroker.settings import Settings
 from keybroker.web import auth_routes, consent, key_routes, pages
@@ -49,6 +56,14 @@ class CrossOriginStatic:
 def build_context(settings: Settings) -> Context:
     engine = db.make_engine(settings.database_url)
     ring = KeyRing.parse(settings.master_keys)
+    limits = MemoryLimits()
+    proxy = ProxyApp(
+        ring=ring,
+        grants=GrantCache(engine),
+        limits=limits,
+        recorder=Recorder(engine, limits, PriceTable.load(settings.pricing_file)),
+        upstream=Upstream(settings.upstream_url, settings.upstream_timeout),
+    )
     return Context(
         settings=settings,
         engine=engine,
@@ -58,10 +73,26 @@ def build_context(settings: Settings) -> Context:
         templates=Jinja2Templates(directory=resource_dir("templates")),
         rp=RelyingParty(id=settings.rp_id, name="keybroker", origin=settings.origin),
         oauth=build_server(engine, ring, issuer=settings.public_url, base_url=settings.base_url),
+        proxy=proxy,
     )
 
 
-def create_app(settings: Settings, *, migrate: bool | None = None) -> Starlette:
+class KeybrokerApp:
+    """The proxy under /v1 as a bare ASGI app, everything else through Starlette."""
+
+    def __init__(self, site: Starlette, proxy: ProxyApp) -> None:
+        self.site = site
+        self.proxy = proxy
+        self.state = site.state
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"].startswith("/v1/"):
+            await self.proxy(scope, receive, send)
+        else:
+            await self.site(scope, receive, send)
+
+
+def create_app(settings: Settings, *, migrate: bool | None = None) -> KeybrokerApp:
     """The ASGI app. ``migrate`` defaults to on in development and off in production."""
     ctx = build_context(settings)
 
@@ -79,8 +110,15 @@ def create_app(settings: Settings, *, migrate: bool | None = None) -> Starlette:
                 " with real KEYBROKER_SECRET_KEY and KEYBROKER_MASTER_KEYS for real use",
                 settings.data_dir,
             )
-        yield
-        ctx.engine.dispose()
+        await ctx.proxy.upstream.start()
+        ctx.proxy.recorder.start()
+        try:
+            yield
+        finally:
+            await ctx.proxy.recorder.stop()
+            await ctx.proxy.upstream.close()
+            ctx.proxy.grants.close()
+            ctx.engine.dispose()
 
     app = Starlette(
         routes=[
@@ -89,6 +127,7 @@ def create_app(settings: Settings, *, migrate: bool | None = None) -> Starlette:
             *key_routes.routes,
             *consent.routes,
             *oauth_endpoints.routes,
+            *grant_info.routes,
             Mount("/static", StaticFiles(directory=resource_dir("static")), name="static"),
             # The SDK is loaded by other origins (ES module imports need CORS).
             Mount("/sdk", CrossOriginStatic(resource_dir("static") / "sdk"), name="sdk"),
@@ -97,4 +136,4 @@ def create_app(settings: Settings, *, migrate: bool | None = None) -> Starlette:
         lifespan=lifespan,
     )
     app.state.kb = ctx
-    return app
+    return KeybrokerApp(app, ctx.proxy)

@@ -13,6 +13,7 @@ from keybroker.auth.passkeys import RelyingParty
 from keybroker.auth.sessions import SessionManager
 from keybroker.crypto.keyring import KeyRing
 from keybroker.oauth.server import AuthorizationServer
+from keybroker.proxy.forward import ProxyApp
 from keybroker.settings import Settings
 
 
@@ -26,6 +27,7 @@ class Context:
     templates: Jinja2Templates
     rp: RelyingParty
     oauth: AuthorizationServer
+    proxy: ProxyApp
 
 
 def get_context(conn: HTTPConnection) -> Context:

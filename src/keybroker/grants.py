@@ -17,6 +17,7 @@ from sqlmodel import Session, col
 from keybroker.auth.accounts import audit
 from keybroker.crypto import tokens
 from keybroker.crypto.keyring import KeyRing
+from keybroker.events import GRANT_CHANGES
 from keybroker.models import Grant, utcnow
 from keybroker.oauth.clients import SCOPES
 
@@ -195,6 +196,7 @@ def revoke(engine: Engine, grant_id: str, *, reason: str = "grant.revoked") -> b
         )
         audit(db, user_id, reason, name)
         db.commit()
+    GRANT_CHANGES.publish(grant_id)
     return True
 
 

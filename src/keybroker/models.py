@@ -139,3 +139,27 @@ class Grant(SQLModel, table=True):
     sealed_copy: str | None = Field(default=None, max_length=8000)
     kid: str | None = Field(default=None, max_length=32, index=True)
     revoked_at: datetime | None = None
+
+
+class UsageRecord(SQLModel, table=True):
+    """One proxied request: what it cost, never what it said."""
+
+    __tablename__ = "usage"
+    id: int | None = Field(default=None, primary_key=True)
+    grant_id: str = Field(
+        sa_column=Column(
+            String(32), ForeignKey("grants.id", ondelete="CASCADE"), nullable=False, index=True
+        )
+    )
+    user_id: str = Field(sa_column=_user_fk())
+    at: datetime = Field(default_factory=utcnow, index=True)
+    method: str = Field(max_length=10)
+    path: str = Field(max_length=300)
+    model: str = Field(default="", max_length=100)
+    status: int
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cost_microusd: int = 0
+    latency_ms: int = 0
+    unknown_model: bool = False
+    interrupted: bool = False

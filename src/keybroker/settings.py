@@ -44,6 +44,7 @@ class Settings:
     upstream_timeout: float = 30.0
     validation_timeout: float = 10.0
     generated_secrets: bool = False
+    pricing_file: Path | None = None
 
     @property
     def production(self) -> bool:
@@ -157,6 +158,7 @@ def load_settings(
         upstream_timeout=float(get("KEYBROKER_UPSTREAM_TIMEOUT") or 30.0),
         validation_timeout=float(get("KEYBROKER_VALIDATION_TIMEOUT") or 10.0),
         generated_secrets=generated,
+        pricing_file=Path(p) if (p := get("KEYBROKER_PRICING_FILE")) else None,
     )
 
 

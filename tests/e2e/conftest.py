@@ -49,7 +49,9 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.browser)
 
 
-@pytest.fixture(scope="session")
+# Module scope: Playwright's sync API keeps an event loop running in this thread while it is
+# open, so it is closed after each browser module rather than held for the whole session.
+@pytest.fixture(scope="module")
 def playwright() -> Iterator[Playwright]:
     if shutil.which(CHROMIUM) is None:
         pytest.fail(f"{CHROMIUM} is missing: install Debian's chromium (bash .ci/run does)")
@@ -57,7 +59,7 @@ def playwright() -> Iterator[Playwright]:
         yield instance
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser(playwright: Playwright) -> Iterator[Browser]:
     instance = playwright.chromium.launch(executable_path=CHROMIUM, args=FLAGS, headless=True)
     yield instance

@@ -60,6 +60,14 @@ def test_first_time_then_returning_person(
     assert access["baseURL"] == f"{broker.url}/v1"
     expect(page.get_by_role("status")).to_contain_text("Signed in")
 
+    # The demo's official openai npm SDK streams an answer through the proxy (CORS included).
+    page.get_by_label("Message").fill("chunks:8 pace:60")
+    page.get_by_role("button", name="Send").click()
+    answer = page.get_by_role("log")
+    expect(answer).to_have_attribute("data-done", "true")
+    expect(answer).to_have_text("w0 w1 w2 w3 w4 w5 w6 w7 ")
+    assert answer.get_attribute("data-chunks") == "8"
+
     # A returning person in a fresh browser profile: passkey sign-in, no key prompt.
     other = browser.new_context()
     try:

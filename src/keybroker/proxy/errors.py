@@ -1,0 +1,51 @@
+"""Errors in OpenAI's shape, so the official SDKs raise their usual exception classes."""
+
+from __future__ import annotations
+
+import json
+
+from starlette.types import Send
+
+
+def error_body(message: str, kind: str, code: str | None, param: str | None = None) -> bytes:
+    return json.dumps(
+        {"error": {"message": message, "type": kind, "param": param, "code": code}}
+    ).encode()
+
+
+async def send_error(
+    send: Send,
+    status: int,
+    message: str,
+    kind: str,
+    code: str | None,
+    headers: list[tuple[bytes, bytes]] | None = None,
+    param: str | None = None,
+) -> None:
+    body = error_body(message, kind, code, param)
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                *(headers or []),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+INVALID_KEY = (
+    401,
+    "Incorrect API key provided. Get a keybroker key from the app's sign-in.",
+    "invalid_request_error",
+    "invalid_api_key",
+)
+ENDED = (
+    401,
+    "This keybroker key was revoked or has expired. Sign in to the app again.",
+    "invalid_request_error",
+    "invalid_api_key",
+)

@@ -1,0 +1,449 @@
+"""The hot path: an OpenAI-compatible reverse proxy as a plain ASGI app under /v1.
+
+Order of checks (cheapest first): path shape, token shape and checksum (no storage read for
+garbage), grant (cached), scope, rate, budget, body and model; then the grant copy is opened
+for this one request and the request goes upstream with only the headers that belong there.
+Answers stream back as they arrive; server-sent events are relayed event by event.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import aiohttp
+from starlette.types import Message, Receive, Scope, Send
+
+from keybroker.crypto import tokens
+from keybroker.crypto.keyring import KeyRing, UnknownKidError
+from keybroker.crypto.vault import SealedRecordError
+from keybroker.grants import GrantView
+from keybroker.models import utcnow
+from keybroker.oauth.clients import web_origin
+from keybroker.proxy import errors
+from keybroker.proxy.bodies import BodyError, add_include_usage, json_fields, multipart_values
+from keybroker.proxy.cache import GrantCache
+from keybroker.proxy.limits import Limits
+from keybroker.proxy.paths import UnsafePathError, api_path, scope_for
+from keybroker.proxy.upstream import Upstream, response_headers, upstream_request_headers
+from keybroker.proxy.usage import (
+    Finished,
+    Recorder,
+    Seen,
+    event_usage,
+    json_usage,
+    month_of,
+    monthly_spend,
+)
+
+logger = logging.getLogger("keybroker.proxy")
+JSON_LIMIT = 32 * 1024 * 1024
+MULTIPART_LIMIT = 128 * 1024 * 1024
+USAGE_SCAN_LIMIT = 8 * 1024 * 1024
+BODYLESS = frozenset({"GET", "HEAD", "DELETE", "OPTIONS"})
+
+
+class TooLarge(Exception):
+    pass
+
+
+@dataclass
+class Prepared:
+    body: bytes | AsyncIterator[bytes] | None
+    model: str
+    strip_usage_chunk: bool
+
+
+async def read_all(receive: Receive, limit: int) -> bytes:
+    chunks: list[bytes] = []
+    size = 0
+    more = True
+    while more:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ConnectionResetError
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise TooLarge
+        chunks.append(chunk)
+        more = message.get("more_body", False)
+    return b"".join(chunks)
+
+
+async def stream_body(receive: Receive) -> AsyncIterator[bytes]:
+    more = True
+    while more:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ConnectionResetError
+        yield message.get("body", b"")
+        more = message.get("more_body", False)
+
+
+class ProxyApp:
+    def __init__(
+        self,
+        *,
+        ring: KeyRing,
+        grants: GrantCache,
+        limits: Limits,
+        recorder: Recorder,
+        upstream: Upstream,
+    ) -> None:
+        self.ring = ring
+        self.grants = grants
+        self.limits = limits
+        self.recorder = recorder
+        self.upstream = upstream
+
+    async def authenticate(self, authorization: bytes) -> tuple[tokens.AppToken, GrantView] | None:
+        if not authorization.startswith(b"Bearer "):
+            return None
+        try:
+            token = tokens.parse_token(authorization[7:].strip().decode("ascii"))
+        except (tokens.MalformedTokenError, UnicodeDecodeError):
+            return None
+        grant = await self.grants.get(token.grant_id)
+        if grant is None or not tokens.secret_matches(token, grant.secret_hash):
+            return None
+        return token, grant
+
+    async def spent(self, grant: GrantView) -> int:
+        month = month_of(utcnow())
+        spent = await self.limits.spent(grant.id, month)
+        if spent is None:
+            from starlette.concurrency import run_in_threadpool
+
+            spent = await run_in_threadpool(monthly_spend, self.grants.engine, grant.id)
+            await self.limits.set_spent(grant.id, month, spent)
+        return spent
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        started = time.perf_counter()
+        method: str = scope["method"]
+        headers: list[tuple[bytes, bytes]] = scope["headers"]
+        lookup = dict(headers)
+        origin = lookup.get(b"origin", b"").decode("latin-1") or None
+
+        if method == "OPTIONS":
+            await self._preflight(send, origin, lookup)
+            return
+        try:
+            rest = api_path(scope.get("raw_path") or scope["path"].encode())
+        except UnsafePathError:
+            await errors.send_error(
+                send, 404, "Unknown request URL.", "invalid_request_error", "unknown_url"
+            )
+            return
+        found = await self.authenticate(lookup.get(b"authorization", b""))
+        if found is None:
+            await errors.send_error(send, *errors.INVALID_KEY)
+            return
+        token, grant = found
+        cors: list[tuple[bytes, bytes]] = []
+        if origin is not None and origin == grant.web_origin:
+            cors = [
+                (b"access-control-allow-origin", origin.encode()),
+                (b"vary", b"Origin"),
+                (b"access-control-expose-headers", b"x-request-id, retry-after"),
+            ]
+        if not grant.live:
+            await errors.send_error(send, *errors.ENDED, headers=cors)
+            return
+        family = scope_for(rest)
+        if family is None or family not in grant.scopes:
+            what = f"the '{family}' scope" if family else "any scope keybroker grants"
+            await errors.send_error(
+                send,
+                403,
+                f"This key may not use /v1{rest}: it needs {what}, which the owner did not grant.",
+                "invalid_request_error",
+                "scope_not_granted",
+                headers=cors,
+            )
+            return
+        decision = await self.limits.hit(grant.id, grant.rpm)
+        if not decision.allowed:
+            await errors.send_error(
+                send,
+                429,
+                f"Rate limit of {grant.rpm} requests per minute reached for this "
+                f"key. Retry after {decision.retry_after} s.",
+                "requests",
+                "rate_limit_exceeded",
+                headers=[*cors, (b"retry-after", str(decision.retry_after).encode())],
+            )
+            return
+        if await self.spent(grant) >= grant.budget_microusd:
+            await errors.send_error(
+                send,
+                429,
+                "This key's monthly budget, set by the key's owner, is spent.",
+                "insufficient_quota",
+                "insufficient_quota",
+                headers=cors,
+            )
+            return
+        try:
+            prepared = await self._prepare(method, lookup, receive, grant)
+        except TooLarge:
+            await errors.send_error(
+                send,
+                413,
+                "Request body too large for this endpoint.",
+                "invalid_request_error",
+                "request_too_large",
+                headers=cors,
+            )
+            return
+        except BodyError as exc:
+            await errors.send_error(
+                send, 400, str(exc), "invalid_request_error", "invalid_body", headers=cors
+            )
+            return
+        except ModelNotAllowed as exc:
+            await errors.send_error(
+                send,
+                403,
+                f"This key may not use the model {exc.model!r}; the owner allowed: "
+                f"{', '.join(grant.models)}.",
+                "invalid_request_error",
+                "model_not_allowed",
+                param="model",
+                headers=cors,
+            )
+            return
+        except ConnectionResetError:
+            return
+        try:
+            assert grant.sealed_copy is not None
+            key = tokens.open_grant_copy(grant.sealed_copy, token, self.ring)
+        except (SealedRecordError, UnknownKidError) as exc:
+            logger.error("grant %s: its grant copy cannot be opened: %s", grant.id, exc)
+            await errors.send_error(
+                send,
+                500,
+                "keybroker could not open this grant. Tell the broker's operator.",
+                "server_error",
+                "grant_unavailable",
+                headers=cors,
+            )
+            return
+        query = scope.get("query_string", b"")
+        url = f"{self.upstream.base_url}{rest}" + (f"?{query.decode('latin-1')}" if query else "")
+        await self._forward(
+            method,
+            url,
+            upstream_request_headers(headers, key),
+            prepared,
+            receive,
+            send,
+            cors,
+            grant,
+            rest,
+            started,
+        )
+
+    async def _preflight(self, send: Send, origin: str | None, lookup: dict[bytes, bytes]) -> None:
+        # The grant is unknown before the real request (no Authorization on a preflight);
+        # the real response carries CORS headers only for the grant's own origin.
+        out: list[tuple[bytes, bytes]] = []
+        if origin is not None and web_origin(origin) is not None:
+            out = [
+                (b"access-control-allow-origin", origin.encode()),
+                (b"vary", b"Origin"),
+                (b"access-control-allow-methods", b"GET, POST, DELETE"),
+                (
+                    b"access-control-allow-headers",
+                    lookup.get(b"access-control-request-headers", b"authorization, content-type"),
+                ),
+                (b"access-control-max-age", b"600"),
+            ]
+        await send({"type": "http.response.start", "status": 204, "headers": out})
+        await send({"type": "http.response.body", "body": b""})
+
+    async def _prepare(
+        self, method: str, lookup: dict[bytes, bytes], receive: Receive, grant: GrantView
+    ) -> Prepared:
+        content_type = lookup.get(b"content-type", b"").lower()
+        if (
+            method in BODYLESS
+            and b"content-length" not in lookup
+            and b"transfer-encoding" not in lookup
+        ):
+            return Prepared(None, "", False)
+        declared = lookup.get(b"content-length")
+        if content_type.startswith(b"application/json"):
+            if declared is not None and declared.isdigit() and int(declared) > JSON_LIMIT:
+                raise TooLarge
+            body = await read_all(receive, JSON_LIMIT)
+            fields = json_fields(body)
+            if fields is None:
+                return Prepared(body, "", False)  # the upstream explains what is wrong
+            model = fields.get("model")
+            model = model if isinstance(model, str) else ""
+            check_model(grant, [model] if "model" in fields else [])
+            strip = False
+            if fields.get("stream") is True and "messages" in fields:
+                changed = add_include_usage(body, fields)
+                if changed is not None:
+                    body, strip = changed, True
+            return Prepared(body, model, strip)
+        if content_type.startswith(b"multipart/form-data") and grant.models:
+            if declared is not None and declared.isdigit() and int(declared) > MULTIPART_LIMIT:
+                raise TooLarge
+            body = await read_all(receive, MULTIPART_LIMIT)
+            models = multipart_values(body, content_type, "model")
+            check_model(grant, models)
+            return Prepared(body, models[0] if models else "", False)
+        return Prepared(stream_body(receive), "", False)
+
+    async def _forward(
+        self,
+        method: str,
+        url: str,
+        up_headers: dict[str, str],
+        prepared: Prepared,
+        receive: Receive,
+        send: Send,
+        cors: list[tuple[bytes, bytes]],
+        grant: GrantView,
+        rest: str,
+        started: float,
+    ) -> None:
+        assert self.upstream.session is not None
+        seen = Seen(model=prepared.model)
+        status = 0
+        interrupted = False
+        watcher: asyncio.Task[None] | None = None
+        try:
+            response = await self.upstream.session.request(
+                method, url, headers=up_headers, data=prepared.body, allow_redirects=False
+            )
+        except TimeoutError:
+            await errors.send_error(
+                send,
+                504,
+                "The OpenAI API did not answer in time.",
+                "upstream_error",
+                "upstream_timeout",
+                headers=cors,
+            )
+            return
+        except (aiohttp.ClientError, OSError):
+            await errors.send_error(
+                send,
+                502,
+                "The OpenAI API could not be reached.",
+                "upstream_error",
+                "upstream_unreachable",
+                headers=cors,
+            )
+            return
+        except ConnectionResetError:
+            return
+        try:
+            status = response.status
+            # The request body is fully read now: a disconnect from here on cancels upstream.
+            watcher = asyncio.create_task(_watch_disconnect(receive, response))
+            content_type = response.headers.get("content-type", "")
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": status,
+                    "headers": [*response_headers(response), *cors],
+                }
+            )
+            if content_type.startswith("text/event-stream"):
+                await self._relay_events(response, send, seen, prepared.strip_usage_chunk)
+            else:
+                await self._relay_body(response, send, seen, scan="json" in content_type)
+            await send({"type": "http.response.body", "body": b""})
+            interrupted = watcher.done()
+        except (TimeoutError, aiohttp.ClientError, OSError, asyncio.CancelledError) as exc:
+            interrupted = True
+            if isinstance(exc, asyncio.CancelledError):
+                raise
+        finally:
+            if watcher is not None:
+                watcher.cancel()
+            response.close()
+            if seen.reported is False and interrupted:
+                seen.output_tokens = seen.deltas  # an estimate: about one token per delta
+            await self.recorder.record(
+                Finished(
+                    grant_id=grant.id,
+                    user_id=grant.user_id,
+                    method=method,
+                    path=rest,
+                    model=seen.model,
+                    status=status,
+                    input_tokens=seen.input_tokens,
+                    output_tokens=seen.output_tokens,
+                    latency_ms=int((time.perf_counter() - started) * 1000),
+                    interrupted=interrupted,
+                    at=utcnow(),
+                )
+            )
+
+    async def _relay_body(
+        self, response: aiohttp.ClientResponse, send: Send, seen: Seen, scan: bool
+    ) -> None:
+        kept: list[bytes] = []
+        size = 0
+        async for chunk in response.content.iter_any():
+            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            if scan and size < USAGE_SCAN_LIMIT:
+                kept.append(chunk)
+                size += len(chunk)
+        if scan and size < USAGE_SCAN_LIMIT:
+            json_usage(b"".join(kept), seen)
+
+    async def _relay_events(
+        self, response: aiohttp.ClientResponse, send: Send, seen: Seen, strip_usage_chunk: bool
+    ) -> None:
+        pending = b""
+        async for chunk in response.content.iter_any():
+            pending += chunk
+            # Events end with a blank line (HTML Standard, server-sent events); normalise CRLF.
+            if b"\r" in pending:
+                pending = pending.replace(b"\r\n", b"\n")
+            cut = pending.rfind(b"\n\n")
+            if cut < 0:
+                continue
+            ready, pending = pending[: cut + 2], pending[cut + 2 :]
+            out = []
+            for event in ready.split(b"\n\n")[:-1]:
+                if event_usage(event, seen) and strip_usage_chunk:
+                    continue  # the app did not ask for the usage chunk; we did
+                out.append(event + b"\n\n")
+            if out:
+                await send({"type": "http.response.body", "body": b"".join(out), "more_body": True})
+        if pending:
+            await send({"type": "http.response.body", "body": pending, "more_body": True})
+
+
+class ModelNotAllowed(Exception):
+    def __init__(self, model: str) -> None:
+        super().__init__(model)
+        self.model = model
+
+
+def check_model(grant: GrantView, models: list[str]) -> None:
+    if not grant.models:
+        return
+    for model in models:
+        if model not in grant.models:
+            raise ModelNotAllowed(model)
+
+
+async def _watch_disconnect(receive: Receive, response: aiohttp.ClientResponse) -> None:
+    while True:
+        message: Message = await receive()
+        if message["type"] == "http.disconnect":
+            response.close()  # cancels the upstream request and ends the relay loop
+            return

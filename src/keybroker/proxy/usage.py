@@ -1,0 +1,183 @@
+"""Usage: token counts read from JSON answers and SSE streams, recorded off the hot path.
+
+The proxy hands each finished request to ``Recorder.record``; a background task writes them
+in batches, and the in-memory monthly spend used for budget checks moves at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import re
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Engine, func, select
+from sqlmodel import Session, col
+from starlette.concurrency import run_in_threadpool
+
+from keybroker.models import UsageRecord, utcnow
+from keybroker.proxy.limits import Limits
+from keybroker.proxy.pricing import PriceTable
+
+logger = logging.getLogger("keybroker.usage")
+USAGE_OBJECT = re.compile(rb'"usage"\s*:\s*\{')
+BATCH = 200
+
+
+def month_of(moment: datetime) -> str:
+    return moment.strftime("%Y-%m")
+
+
+def month_start(moment: datetime) -> datetime:
+    return moment.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+
+
+def tokens_of(usage: Any) -> tuple[int, int]:
+    if not isinstance(usage, dict):
+        return 0, 0
+    inp = usage.get("prompt_tokens", usage.get("input_tokens", 0))
+    out = usage.get("completion_tokens", usage.get("output_tokens", 0))
+    return (inp if isinstance(inp, int) else 0), (out if isinstance(out, int) else 0)
+
+
+@dataclass
+class Seen:
+    """What one response told us about its usage."""
+
+    model: str = ""
+    input_tokens: int = 0
+    output_tokens: int = 0
+    reported: bool = False
+    deltas: int = 0  # content chunks seen, for an estimate when a stream is cut short
+
+    def take(self, data: dict[str, Any]) -> None:
+        usage = data.get("usage")
+        if usage is None and isinstance(data.get("response"), dict):
+            # Responses API streams: response.completed carries response.usage.
+            usage = data["response"].get("usage")
+            data = data["response"]
+        if isinstance(usage, dict):
+            self.input_tokens, self.output_tokens = tokens_of(usage)
+            self.reported = True
+        model = data.get("model")
+        if isinstance(model, str) and model:
+            self.model = model
+
+
+def json_usage(body: bytes, seen: Seen) -> None:
+    if not USAGE_OBJECT.search(body):
+        return
+    try:
+        data = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        return
+    if isinstance(data, dict):
+        seen.take(data)
+
+
+def event_usage(event: bytes, seen: Seen) -> bool:
+    """Read one SSE event; True when it is the usage-only chunk of a chat stream."""
+    if b'"delta"' in event:
+        seen.deltas += 1
+    if not USAGE_OBJECT.search(event):
+        return False
+    for line in event.split(b"\n"):
+        if line.startswith(b"data:"):
+            try:
+                data = json.loads(line[5:])
+            except (ValueError, UnicodeDecodeError):
+                return False
+            if isinstance(data, dict):
+                seen.take(data)
+                return data.get("choices") == [] and data.get("object") == "chat.completion.chunk"
+    return False
+
+
+@dataclass(frozen=True)
+class Finished:
+    grant_id: str
+    user_id: str
+    method: str
+    path: str
+    model: str
+    status: int
+    input_tokens: int
+    output_tokens: int
+    latency_ms: int
+    interrupted: bool
+    at: datetime
+
+
+class Recorder:
+    def __init__(self, engine: Engine, limits: Limits, prices: PriceTable) -> None:
+        self.engine = engine
+        self.limits = limits
+        self.prices = prices
+        self._queue: asyncio.Queue[UsageRecord] = asyncio.Queue()
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="usage-recorder")
+
+    async def stop(self) -> None:
+        await self.flush()
+        if self._task is not None:
+            self._task.cancel()
+
+    async def flush(self) -> None:
+        await self._queue.join()
+
+    async def record(self, done: Finished) -> None:
+        cost = self.prices.cost(done.model, done.input_tokens, done.output_tokens)
+        if cost.microusd:
+            await self.limits.add_spent(done.grant_id, month_of(done.at), cost.microusd)
+        self._queue.put_nowait(
+            UsageRecord(
+                grant_id=done.grant_id,
+                user_id=done.user_id,
+                at=done.at,
+                method=done.method,
+                path=done.path[:300],
+                model=done.model[:100],
+                status=done.status,
+                input_tokens=done.input_tokens,
+                output_tokens=done.output_tokens,
+                cost_microusd=cost.microusd,
+                latency_ms=done.latency_ms,
+                unknown_model=not cost.known and bool(done.model),
+                interrupted=done.interrupted,
+            )
+        )
+
+    async def _run(self) -> None:
+        while True:
+            rows = [await self._queue.get()]
+            while len(rows) < BATCH and not self._queue.empty():
+                rows.append(self._queue.get_nowait())
+            try:
+                await run_in_threadpool(self._write, rows)
+            except Exception:
+                # A failed write must not stop recording; the rows are logged (no bodies).
+                logger.exception("could not record usage for %d request(s)", len(rows))
+            finally:
+                for _ in rows:
+                    self._queue.task_done()
+
+    def _write(self, rows: list[UsageRecord]) -> None:
+        with Session(self.engine) as db:
+            db.add_all(rows)
+            db.commit()
+
+
+def monthly_spend(engine: Engine, grant_id: str, now: datetime | None = None) -> int:
+    start = month_start(now or utcnow())
+    with Session(engine) as db:
+        total = db.execute(
+            select(func.coalesce(func.sum(UsageRecord.cost_microusd), 0)).where(
+                col(UsageRecord.grant_id) == grant_id, col(UsageRecord.at) >= start
+            )
+        ).scalar_one()
+    return int(total)

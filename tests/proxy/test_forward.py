@@ -1,0 +1,273 @@
+"""Header hygiene, CORS, bad input, path traversal, disconnects: the proxy at the HTTP level."""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+from urllib.parse import urlsplit
+
+import httpx
+import pytest
+from sqlalchemy import event
+
+from keybroker.crypto import tokens
+from tests.helpers import APP, GOOD_KEY
+from tests.proxy.conftest import Live, wait_for
+
+CHAT = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
+
+
+def raw_request(url: str, request: bytes) -> bytes:
+    parts = urlsplit(url)
+    with socket.create_connection((parts.hostname, parts.port), timeout=10) as sock:
+        sock.sendall(request)
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+        return data
+
+
+def test_only_upstream_headers_go_up_and_useful_ones_come_back(live: Live) -> None:
+    token = live.grant()
+    response = httpx.post(
+        f"{live.url}/v1/chat/completions",
+        json=CHAT,
+        headers={
+            "authorization": f"Bearer {token}",
+            "cookie": "session=abc",
+            "origin": "https://evil.example",
+            "referer": "https://app.example/page",
+            "x-forwarded-for": "10.0.0.1",
+            "forwarded": "for=10.0.0.1",
+            "openai-beta": "assistants=v2",
+            "idempotency-key": "idem-1",
+            "x-stainless-lang": "python",
+            "x-custom-tracking": "nope",
+            "proxy-authorization": "x",
+            "openai-organization": "org-app",
+        },
+    )
+    assert response.status_code == 200
+    sent = live.upstream.seen[-1].headers
+    assert sent["authorization"] == f"Bearer {GOOD_KEY}"
+    for name in (
+        "cookie",
+        "origin",
+        "referer",
+        "x-forwarded-for",
+        "forwarded",
+        "x-custom-tracking",
+        "proxy-authorization",
+        "openai-organization",
+    ):
+        assert name not in sent, name
+    assert sent["openai-beta"] == "assistants=v2"
+    assert sent["idempotency-key"] == "idem-1"
+    assert sent["x-stainless-lang"] == "python"
+    assert token not in json.dumps(sent)
+    assert response.headers["x-request-id"] == "req_upstream_1"
+    assert response.headers["x-ratelimit-remaining-requests"] == "99"
+    assert "openai-organization" not in response.headers
+    assert "access-control-allow-origin" not in response.headers  # not this grant's origin
+
+
+def test_cors_only_for_the_grants_own_origin(live: Live) -> None:
+    token = live.grant()
+    headers = {"authorization": f"Bearer {token}"}
+    own = httpx.get(f"{live.url}/v1/models", headers={**headers, "origin": APP})
+    assert own.headers["access-control-allow-origin"] == APP
+    other = httpx.get(f"{live.url}/v1/models", headers={**headers, "origin": "https://x.example"})
+    assert "access-control-allow-origin" not in other.headers
+    preflight = httpx.options(
+        f"{live.url}/v1/chat/completions",
+        headers={
+            "origin": APP,
+            "access-control-request-method": "POST",
+            "access-control-request-headers": "authorization, content-type, x-stainless-os",
+        },
+    )
+    assert preflight.status_code == 204
+    assert preflight.headers["access-control-allow-origin"] == APP
+    assert "x-stainless-os" in preflight.headers["access-control-allow-headers"]
+
+
+@pytest.mark.parametrize(
+    "auth",
+    [None, "Bearer", "Bearer garbage", "Basic abc", "Bearer sk-kb-0123456789abcdef0123-short"],
+)
+def test_missing_or_garbage_token_is_401_without_a_database_read(
+    live: Live, auth: str | None
+) -> None:
+    statements: list[str] = []
+
+    def count(conn: object, cursor: object, statement: str, *args: object) -> None:
+        statements.append(statement)
+
+    event.listen(live.ctx.engine, "before_cursor_execute", count)
+    try:
+        headers = {"authorization": auth} if auth is not None else {}
+        response = httpx.get(f"{live.url}/v1/models", headers=headers)
+    finally:
+        event.remove(live.ctx.engine, "before_cursor_execute", count)
+    assert response.status_code == 401
+    assert response.json()["error"]["code"] == "invalid_api_key"
+    assert statements == []
+
+
+def test_truncated_or_tampered_tokens_are_401(live: Live) -> None:
+    token = live.grant()
+    parsed = tokens.parse_token(token)
+    wrong_secret = str(tokens.AppToken(parsed.grant_id, "A" * tokens.SECRET_CHARS))
+    flipped = token[:-1] + ("A" if token[-1] != "A" else "B")
+    for bad in (token[:-3], token + "x", flipped, wrong_secret):
+        response = httpx.get(f"{live.url}/v1/models", headers={"authorization": f"Bearer {bad}"})
+        assert response.status_code == 401, bad
+        assert response.json()["error"]["message"] == (
+            "Incorrect API key provided. Get a keybroker key from the app's sign-in."
+        )
+
+
+def test_fifty_megabyte_json_body_is_413(live: Live) -> None:
+    token = live.grant()
+    before = len(live.upstream.seen)
+    big = b'{"model": "gpt-4o-mini", "messages": [], "pad": "' + b"x" * (50 * 1024 * 1024) + b'"}'
+    response = httpx.post(
+        f"{live.url}/v1/chat/completions",
+        content=big,
+        timeout=60,
+        headers={"authorization": f"Bearer {token}", "content-type": "application/json"},
+    )
+    assert response.status_code == 413
+    assert response.json()["error"]["code"] == "request_too_large"
+    assert len(live.upstream.seen) == before
+
+
+def test_invalid_json_is_forwarded_and_answered_cleanly(live: Live) -> None:
+    token = live.grant()
+    response = httpx.post(
+        f"{live.url}/v1/chat/completions",
+        content=b"{not json",
+        headers={"authorization": f"Bearer {token}", "content-type": "application/json"},
+    )
+    assert response.status_code == 400
+    assert "parse the JSON" in response.json()["error"]["message"]
+
+
+def test_duplicate_model_keys_are_refused(live: Live) -> None:
+    token = live.grant(models="gpt-4o-mini")
+    body = b'{"model": "gpt-4o-mini", "model": "gpt-4o", "messages": []}'
+    response = httpx.post(
+        f"{live.url}/v1/chat/completions",
+        content=body,
+        headers={"authorization": f"Bearer {token}", "content-type": "application/json"},
+    )
+    assert response.status_code == 400
+
+
+def test_model_smuggled_in_multipart_is_refused(live: Live) -> None:
+    token = live.grant(scopes=["audio"], models="gpt-4o-mini-transcribe")
+    before = len(live.upstream.seen)
+    response = httpx.post(
+        f"{live.url}/v1/audio/transcriptions",
+        headers={"authorization": f"Bearer {token}"},
+        files=[
+            ("model", (None, b"gpt-4o-mini-transcribe")),
+            ("model", (None, b"whisper-1")),
+            ("file", ("a.mp3", b"ID3audio", "audio/mpeg")),
+        ],
+    )
+    assert response.status_code == 403
+    assert response.json()["error"]["code"] == "model_not_allowed"
+    only_bad = httpx.post(
+        f"{live.url}/v1/audio/transcriptions",
+        headers={"authorization": f"Bearer {token}"},
+        data={"model": "whisper-1"},
+        files={"file": ("a.mp3", b"ID3audio", "audio/mpeg")},
+    )
+    assert only_bad.status_code == 403
+    assert len(live.upstream.seen) == before
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/v1/../settings",
+        "/v1/%2e%2e/settings",
+        "/v1/%2E%2E/healthz",
+        "/v1/models/..%2f..%2fsettings",
+        "/v1//models",
+        "/v1/models/%2Fetc",
+        "/v1/./models",
+        "/v1/models\\..\\x",
+    ],
+)
+def test_path_traversal_never_leaves_upstream_v1(live: Live, path: str) -> None:
+    token = live.grant()
+    before = len(live.upstream.seen)
+    answer = raw_request(
+        live.url,
+        f"GET {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer "
+        f"{token}\r\nConnection: close\r\n\r\n".encode(),
+    )
+    status = int(answer.split(b" ", 2)[1])
+    assert status in (400, 404), answer[:200]
+    assert b"Settings" not in answer
+    assert len(live.upstream.seen) == before
+
+
+def test_client_cut_mid_stream_cancels_upstream_and_records_what_it_saw(live: Live) -> None:
+    token = live.grant()
+    cancelled_before = len(live.upstream.cancelled)
+    body = {**CHAT, "stream": True, "messages": [{"role": "user", "content": "chunks:100 pace:50"}]}
+    with httpx.stream(
+        "POST",
+        f"{live.url}/v1/chat/completions",
+        json=body,
+        headers={"authorization": f"Bearer {token}"},
+    ) as response:
+        seen = 0
+        for line in response.iter_lines():
+            if line.startswith("data:"):
+                seen += 1
+            if seen == 3:
+                break
+    assert wait_for(lambda: len(live.upstream.cancelled) > cancelled_before, timeout=5)
+    grant_id = tokens.parse_token(token).grant_id
+    rows = wait_for(lambda: live.usage(grant_id))
+    assert rows[-1].interrupted
+    assert 3 <= rows[-1].output_tokens < 100
+
+
+def test_broken_upstream_stream_still_records(live: Live) -> None:
+    token = live.grant()
+    body = {**CHAT, "stream": True, "messages": [{"role": "user", "content": "broken chunks:5"}]}
+    with (
+        httpx.stream(
+            "POST",
+            f"{live.url}/v1/chat/completions",
+            json=body,
+            headers={"authorization": f"Bearer {token}"},
+        ) as response,
+        pytest.raises(httpx.HTTPError),
+    ):
+        list(response.iter_lines())
+    rows = wait_for(lambda: live.usage(tokens.parse_token(token).grant_id))
+    assert rows[-1].interrupted
+
+
+def test_grant_info(live: Live) -> None:
+    token = live.grant(models="gpt-4o-mini", budget_usd="3", rpm="42")
+    httpx.post(
+        f"{live.url}/v1/chat/completions", json=CHAT, headers={"authorization": f"Bearer {token}"}
+    )
+    wait_for(lambda: live.usage(tokens.parse_token(token).grant_id))
+    time.sleep(0.1)
+    info = httpx.get(f"{live.url}/api/grant", headers={"authorization": f"Bearer {token}"}).json()
+    assert info["scopes"] == ["chat", "models"]
+    assert info["models"] == ["gpt-4o-mini"]
+    assert info["rate_limit_rpm"] == 42
+    assert info["monthly_budget_usd"] == 3
+    assert info["spent_this_month_usd"] == pytest.approx(6e-6)
+    assert info["remaining_budget_usd"] == pytest.approx(3 - 6e-6)
+    assert httpx.get(f"{live.url}/api/grant").status_code == 401

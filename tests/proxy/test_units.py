@@ -1,0 +1,144 @@
+"""Unit tests of the proxy's pieces: paths, limits, pricing, bodies, usage parsing."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+from sqlalchemy import select
+from sqlmodel import Session
+from starlette.testclient import TestClient
+
+from keybroker import provider_keys
+from keybroker.app import create_app
+from keybroker.context import get_context
+from keybroker.models import User
+from keybroker.proxy.bodies import BodyError, add_include_usage, json_fields, multipart_values
+from keybroker.proxy.limits import MemoryLimits
+from keybroker.proxy.paths import UnsafePathError, api_path, scope_for
+from keybroker.proxy.pricing import PriceTable
+from keybroker.proxy.usage import Seen, event_usage
+from keybroker.settings import Settings
+from tests.conftest import BROKER
+from tests.helpers import grant_token, register
+
+
+@pytest.mark.parametrize(
+    ("raw", "scope"),
+    [
+        (b"/v1/chat/completions", "chat"),
+        (b"/v1/responses/resp_1", "chat"),
+        (b"/v1/embeddings", "embeddings"),
+        (b"/v1/images/edits", "images"),
+        (b"/v1/audio/speech", "audio"),
+        (b"/v1/files/file-1/content", "files"),
+        (b"/v1/uploads/u1/parts", "files"),
+        (b"/v1/moderations", "moderations"),
+        (b"/v1/models/gpt-4o", "models"),
+        (b"/v1/fine_tuning/jobs", None),
+    ],
+)
+def test_scope_of_paths(raw: bytes, scope: str | None) -> None:
+    assert scope_for(api_path(raw)) == scope
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"/v1/../x",
+        b"/v1/a/%2e%2e/b",
+        b"/v1//x",
+        b"/v1/a\\b",
+        b"/v2/models",
+        b"/v1/",
+        b"/v1/a/./b",
+        "/v1/é".encode(),
+    ],
+)
+def test_unsafe_paths(raw: bytes) -> None:
+    with pytest.raises(UnsafePathError):
+        api_path(raw)
+
+
+def test_gcra_allows_a_burst_of_rpm_then_one_per_interval() -> None:
+    now = [1000.0]
+    limits = MemoryLimits(clock=lambda: now[0])
+
+    assert [limits.check("g", 10).allowed for _ in range(11)] == [True] * 10 + [False]
+    now[0] += 6.0  # one interval (60 s / 10)
+    assert limits.check("g", 10).allowed
+    denied = limits.check("g", 10)
+    assert not denied.allowed
+    assert 1 <= denied.retry_after <= 6
+
+
+def test_pricing_longest_prefix_and_unknown() -> None:
+    table = PriceTable.load()
+    assert table.price("gpt-4o-mini-2024-07-18") == (0.15, 0.6)
+    assert table.price("gpt-4o-2024-08-06") == (2.5, 10.0)
+    assert table.price("gpt-4o-mini-transcribe") == (1.25, 5.0)
+    cost = table.cost("gpt-4o-mini", 1_000_000, 1_000_000)
+    assert cost.microusd == 750_000
+    assert cost.known
+    unknown = table.cost("my-own-model", 10, 10)
+    assert unknown.microusd == 0
+    assert not unknown.known
+
+
+def test_include_usage_is_added_without_rewriting_the_body() -> None:
+    body = b'{"model":"m","stream":true,"messages":[{"role":"user","content":"a  b"}]}  '
+    changed = add_include_usage(body, json_fields(body) or {})
+    assert changed == body.rstrip()[:-1] + b',"stream_options":{"include_usage":true}}'
+    already = b'{"stream":true,"stream_options":{"include_usage":true}}'
+    assert add_include_usage(already, json_fields(already) or {}) is None
+
+
+def test_duplicate_model_is_a_body_error() -> None:
+    with pytest.raises(BodyError):
+        json_fields(b'{"model":"a","model":"b"}')
+    assert json_fields(b"[1]") is None
+    assert json_fields(b"{oops") is None
+
+
+def test_multipart_values() -> None:
+    body = (
+        b'--XX\r\nContent-Disposition: form-data; name="model"\r\n\r\nwhisper-1\r\n'
+        b'--XX\r\nContent-Disposition: form-data; name="file"; filename="a"\r\n'
+        b"Content-Type: audio/mpeg\r\n\r\n\x00\x01\r\n--XX--\r\n"
+    )
+    assert multipart_values(body, b"multipart/form-data; boundary=XX", "model") == ["whisper-1"]
+    with pytest.raises(BodyError):
+        multipart_values(body, b"multipart/form-data", "model")
+
+
+def test_event_usage_reads_chat_and_responses_streams() -> None:
+    seen = Seen()
+    assert not event_usage(b'data: {"choices":[{"delta":{"content":"x"}}],"usage":null}', seen)
+    assert event_usage(
+        b'data: {"object":"chat.completion.chunk","choices":[],'
+        b'"usage":{"prompt_tokens":3,"completion_tokens":4}}',
+        seen,
+    )
+    assert (seen.input_tokens, seen.output_tokens, seen.deltas) == (3, 4, 1)
+    other = Seen()
+    event_usage(
+        b'event: response.completed\ndata: {"type":"response.completed","response":'
+        b'{"model":"gpt-4o","usage":{"input_tokens":5,"output_tokens":6}}}',
+        other,
+    )
+    assert (other.input_tokens, other.output_tokens, other.model) == (5, 6, "gpt-4o")
+
+
+def test_unreachable_upstream_is_502(settings: Settings) -> None:
+    app = create_app(replace(settings, upstream_url="http://127.0.0.1:9/v1"))
+    with TestClient(app, base_url=BROKER) as client:
+        authn = register(client)
+        ctx = get_context(client)  # type: ignore[arg-type]
+        with Session(ctx.engine) as db:
+            user_id = db.execute(select(User.id)).scalar_one()
+        # The key check at save time needs the upstream too, so the key is stored directly.
+        provider_keys.save_key(ctx.engine, ctx.ring, user_id=user_id, key="sk-test-" + "u" * 30)
+        token = grant_token(client, authn)["access_token"]
+        response = client.get("/v1/models", headers={"authorization": f"Bearer {token}"})
+    assert response.status_code == 502
+    assert response.json()["error"]["code"] == "upstream_unreachable"
