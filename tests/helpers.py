@@ -96,7 +96,7 @@ def decide(
     body: dict[str, Any] = {"query": query, "decision": decision}
     if decision == "allow":
         assert authn is not None
-        start = post(client, "/auth/consent/options").json()
+        start = post(client, "/auth/confirm/options").json()
         body.update(
             choices=choices or DEFAULT_CHOICES,
             ceremony=start["ceremony"],
@@ -136,3 +136,11 @@ def grant_token(
     assert token.status_code == 200, token.text
     data: dict[str, Any] = token.json()
     return data
+
+
+def confirmed(client: TestClient, authn: SoftAuthenticator, url: str) -> Any:
+    """POST a consequential action with a fresh passkey confirmation."""
+    start = post(client, "/auth/confirm/options").json()
+    return post(
+        client, url, {"ceremony": start["ceremony"], "credential": authn.get(start["publicKey"])}
+    )

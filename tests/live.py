@@ -1,5 +1,6 @@
-"""Real servers on loopback ports for the browser and SDK tests: the broker under uvicorn in a
-subprocess (so its logs land in a file the leak tests can read)."""
+"""Real servers on loopback ports: ``LiveBroker`` runs the broker in a subprocess (so its logs
+land in a file the leak tests read); ``Live`` runs it in this process under uvicorn (so tests
+can read its database and caches)."""
 
 from __future__ import annotations
 
@@ -7,12 +8,23 @@ import os
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import httpx
+import openai
+from sqlalchemy import select
+from sqlmodel import Session
 
 from tests.net import free_port
+
+if TYPE_CHECKING:
+    from keybroker.app import KeybrokerApp
+    from keybroker.context import Context
+    from keybroker.models import UsageRecord
+    from tests.upstream import Upstream
 
 
 @dataclass
@@ -83,3 +95,86 @@ def start_broker(
     log.close()
     wait_until_up(f"{url}/healthz", process, log_path)
     return LiveBroker(url, port, data_dir, log_path, process, env)
+
+
+T = TypeVar("T")
+
+
+@dataclass
+class Live:
+    url: str
+    app: KeybrokerApp
+    upstream: Upstream
+    clients: list[httpx.Client | openai.OpenAI] = field(default_factory=list)
+
+    @property
+    def ctx(self) -> Context:
+        ctx: Context = self.app.state.kb
+        return ctx
+
+    def owner(self) -> tuple[httpx.Client, Any]:
+        """A new signed-in owner with a saved key: their browser session and authenticator."""
+        from tests.helpers import register, save_key
+
+        web = httpx.Client(base_url=self.url, follow_redirects=True)
+        self.clients.append(web)
+        authn = register(web)  # type: ignore[arg-type]
+        save_key(web)  # type: ignore[arg-type]
+        return web, authn
+
+    def grant_for(
+        self, web: httpx.Client, authn: Any, client_id: str | None = None, **choices: Any
+    ) -> str:
+        from tests.helpers import APP, grant_token
+
+        chosen = {
+            "scopes": ["chat", "models"],
+            "models": "",
+            "budget_usd": "5",
+            "rpm": "600",
+            "days": "30",
+            **choices,
+        }
+        response = grant_token(
+            web,
+            authn,
+            choices=chosen,  # type: ignore[arg-type]
+            client_id=client_id or APP,
+        )
+        token: str = response["access_token"]
+        return token
+
+    def grant(self, **choices: Any) -> str:
+        """A fresh owner and a token granted to the test app through the popup flow."""
+        web, authn = self.owner()
+        return self.grant_for(web, authn, **choices)
+
+    def close(self) -> None:
+        for web in self.clients:
+            web.close()
+
+    def client(self, token: str, **options: Any) -> openai.OpenAI:
+        sdk = openai.OpenAI(api_key=token, base_url=f"{self.url}/v1", max_retries=0, **options)
+        self.clients.append(sdk)
+        return sdk
+
+    def usage(self, grant_id: str) -> list[UsageRecord]:
+        from keybroker.models import UsageRecord
+
+        with Session(self.ctx.engine) as db:
+            return list(
+                db.execute(
+                    select(UsageRecord)
+                    .where(UsageRecord.grant_id == grant_id)
+                    .order_by(UsageRecord.id)
+                ).scalars()
+            )  # type: ignore[arg-type]
+
+
+def wait_for(check: Callable[[], T], timeout: float = 5.0) -> T:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value or time.monotonic() > deadline:
+            return value
+        time.sleep(0.02)

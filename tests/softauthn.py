@@ -40,6 +40,10 @@ class SoftAuthenticator:
     sign_count: int = 0
     user_handle: bytes | None = None
 
+    @property
+    def credential_id_b64(self) -> str:
+        return b64u(self.credential_id)
+
     def _cose_key(self) -> bytes:
         numbers = self.key.public_key().public_numbers()
         return cbor2.dumps(

@@ -14,7 +14,8 @@ from keybroker.context import get_context
 from keybroker.crypto.keyring import KeyRing
 from keybroker.models import AuditEvent, User, VaultEntry
 from keybroker.settings import Settings
-from tests.helpers import SAME_ORIGIN, register
+from tests.helpers import SAME_ORIGIN, confirmed, register
+from tests.softauthn import SoftAuthenticator
 from tests.upstream import Upstream
 
 GOOD_KEY = "sk-test-" + "G" * 40
@@ -30,8 +31,12 @@ def entries(client: TestClient) -> int:
 
 
 @pytest.fixture
-def owner(client: TestClient) -> TestClient:
-    register(client)
+def authn(client: TestClient) -> SoftAuthenticator:
+    return register(client)
+
+
+@pytest.fixture
+def owner(client: TestClient, authn: SoftAuthenticator) -> TestClient:
     return client
 
 
@@ -41,7 +46,9 @@ def test_key_page_needs_sign_in(client: TestClient) -> None:
     assert response.headers["location"] == "/signin?next=/key"
 
 
-def test_save_shows_masked_then_replace_then_delete(owner: TestClient, settings: Settings) -> None:
+def test_save_shows_masked_then_replace_then_delete(
+    owner: TestClient, authn: SoftAuthenticator
+) -> None:
     page = save(owner, f"  {GOOD_KEY}\n")
     assert page.status_code == 200
     assert "sk-...GGGG" in page.text
@@ -55,11 +62,15 @@ def test_save_shows_masked_then_replace_then_delete(owner: TestClient, settings:
     assert provider_keys.open_key(ctx.engine, ctx.ring, owner_id(owner)) == replacement
     assert entries(owner) == 1
 
-    confirm = owner.post("/key/delete", headers=SAME_ORIGIN)
+    confirm = owner.get("/key/delete")
     assert "Delete your OpenAI key?" in confirm.text
     assert entries(owner) == 1
-    done = owner.post("/key/delete", data={"confirm": "yes"}, headers=SAME_ORIGIN)
-    assert "Key deleted" in done.text
+    unconfirmed = owner.post("/settings/key/delete", json={}, headers=SAME_ORIGIN)
+    assert unconfirmed.status_code == 400
+    assert entries(owner) == 1
+    done = confirmed(owner, authn, "/settings/key/delete")
+    assert done.json() == {"redirect": "/key?deleted=1"}
+    assert "Key deleted" in owner.get("/key?deleted=1").text
     assert entries(owner) == 0
     with Session(ctx.engine) as db:
         actions = list(db.execute(select(AuditEvent.action)).scalars())

@@ -32,7 +32,7 @@ from keybroker.proxy.upstream import Upstream
 from keybroker.proxy.usage import Recorder
 from keybroker.resources import resource_dir
 from keybroker.settings import Settings
-from keybroker.web import auth_routes, consent, key_routes, pages
+from keybroker.web import auth_routes, confirm, consent, key_routes, pages, settings_routes
 from keybroker.web.headers import SecurityHeadersMiddleware
 
 logger = logging.getLogger("keybroker")
@@ -125,7 +125,9 @@ def create_app(settings: Settings, *, migrate: bool | None = None) -> KeybrokerA
             *pages.routes,
             *auth_routes.routes,
             *key_routes.routes,
+            *settings_routes.routes,
             *consent.routes,
+            *confirm.routes,
             *oauth_endpoints.routes,
             *grant_info.routes,
             Mount("/static", StaticFiles(directory=resource_dir("static")), name="static"),

@@ -222,3 +222,36 @@ def grants_of(engine: Engine, user_id: str) -> list[GrantView]:
             .order_by(col(Grant.created_at).desc())
         ).scalars()
         return [GrantView.of(r) for r in rows]
+
+
+class GrantNotFoundError(LookupError):
+    pass
+
+
+def owned(engine: Engine, grant_id: str, user_id: str) -> GrantView:
+    grant = get_grant(engine, grant_id)
+    if grant is None or grant.user_id != user_id:
+        raise GrantNotFoundError(grant_id)
+    return grant
+
+
+def update_limits(engine: Engine, grant_id: str, user_id: str, choices: Choices) -> None:
+    """New limits, effective on the grant's next request (the caches drop it at once)."""
+    with Session(engine) as db:
+        row = db.get(Grant, grant_id)
+        if row is None or row.user_id != user_id:
+            raise GrantNotFoundError(grant_id)
+        row.budget_microusd = round(choices.budget_usd * 1_000_000)
+        row.rpm = choices.rpm
+        row.expires_at = utcnow() + timedelta(days=choices.days)
+        row.models = json.dumps(choices.models)
+        db.add(row)
+        audit(
+            db,
+            user_id,
+            "grant.changed",
+            f"{row.client_name}: ${choices.budget_usd:.2f}/month, {choices.rpm}/min, "
+            f"{choices.days} days, models {', '.join(choices.models) or 'any'}",
+        )
+        db.commit()
+    GRANT_CHANGES.publish(grant_id)

@@ -185,6 +185,10 @@ def open_key(engine: Engine, ring: KeyRing, user_id: str) -> str | None:
 
 
 def delete_key(engine: Engine, user_id: str) -> bool:
+    """Erase the key and end every grant made from it (their grant copies go too)."""
+    from keybroker.grants import revoke_all_of
+
+    revoke_all_of(engine, user_id, reason="grant.revoked_key_deleted")
     with Session(engine) as db:
         row = db.execute(_query(user_id)).scalar_one_or_none()
         if row is None:

@@ -41,7 +41,7 @@
     const body = { query: form.dataset.query, decision };
     if (decision === "allow") {
       body.choices = choices(form);
-      const start = await post("/auth/consent/options");
+      const start = await post("/auth/confirm/options");
       setText("kb-status", "Confirm with your passkey…");
       const publicKey = PublicKeyCredential.parseRequestOptionsFromJSON(start.publicKey);
       const credential = await navigator.credentials.get({ publicKey });

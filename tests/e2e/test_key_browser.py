@@ -56,7 +56,7 @@ def test_paste_mask_replace_delete_and_no_leak(window: Window, broker: LiveBroke
         assert not any(key in html for html in pages)
 
     page.goto(f"{broker.url}/key")
-    page.get_by_role("button", name="Delete key").click()
+    page.get_by_role("link", name="Delete key").click()
     expect(page.get_by_role("heading", name="Delete your OpenAI key?")).to_be_visible()
     page.get_by_role("button", name="Delete key").click()
     expect(page.get_by_role("status")).to_contain_text("Key deleted")

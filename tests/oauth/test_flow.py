@@ -160,7 +160,7 @@ def test_allow_needs_a_fresh_passkey_assertion(
     assert response.status_code == 400
     assert "passkey" in response.json()["error"]
     stranger = register(TestClient(client.app, base_url="http://localhost:8000"))
-    start = client.post("/auth/consent/options", headers=SAME_ORIGIN, json={}).json()
+    start = client.post("/auth/confirm/options", headers=SAME_ORIGIN, json={}).json()
     response = client.post(
         "/authorize/decision",
         headers=SAME_ORIGIN,

@@ -13,7 +13,7 @@ from sqlalchemy import event
 
 from keybroker.crypto import tokens
 from tests.helpers import APP, GOOD_KEY
-from tests.proxy.conftest import Live, wait_for
+from tests.live import Live, wait_for
 
 CHAT = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
 

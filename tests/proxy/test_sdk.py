@@ -10,7 +10,7 @@ import pytest
 
 from keybroker.crypto import tokens
 from tests.helpers import GOOD_KEY
-from tests.proxy.conftest import Live, wait_for
+from tests.live import Live, wait_for
 from tests.upstream import SPEECH
 
 ALL = ["chat", "embeddings", "images", "audio", "files", "moderations", "models"]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine, delete, select
 from sqlmodel import Session, col
 
 from keybroker.auth.passkeys import Assertion, NewCredential, StoredCredential
@@ -95,3 +95,55 @@ def passkeys_of(engine: Engine, user_id: str) -> list[Passkey]:
                 .order_by(col(Passkey.created_at))
             ).scalars()
         )
+
+
+def rename_passkey(engine: Engine, user_id: str, passkey_id: str, name: str) -> bool:
+    with Session(engine) as db:
+        row = db.get(Passkey, passkey_id)
+        if row is None or row.user_id != user_id:
+            return False
+        old, row.name = row.name, name[:100]
+        db.add(row)
+        audit(db, user_id, "passkey.renamed", f"{old} -> {row.name}")
+        db.commit()
+    return True
+
+
+class LastPasskeyError(Exception):
+    pass
+
+
+def remove_passkey(engine: Engine, user_id: str, passkey_id: str) -> bool:
+    with Session(engine) as db:
+        rows = list(db.execute(select(Passkey).where(col(Passkey.user_id) == user_id)).scalars())
+        row = next((r for r in rows if r.id == passkey_id), None)
+        if row is None:
+            return False
+        if len(rows) == 1:
+            raise LastPasskeyError()
+        db.delete(row)
+        audit(db, user_id, "passkey.removed", row.name)
+        db.commit()
+    return True
+
+
+def delete_account(engine: Engine, user_id: str) -> None:
+    """Remove the person and everything of theirs; their apps' tokens die at once."""
+    from keybroker.events import GRANT_CHANGES
+    from keybroker.models import Challenge, Grant
+
+    with Session(engine) as db:
+        user = db.get(User, user_id)
+        if user is None:
+            return
+        grant_ids = list(
+            db.execute(select(col(Grant.id)).where(col(Grant.user_id) == user_id)).scalars()
+        )
+        db.execute(
+            delete(Challenge).where(col(Challenge.subject).in_([user_id, user.webauthn_handle]))
+        )
+        # ON DELETE CASCADE removes passkeys, sessions, vault entry, codes, grants, usage, audit.
+        db.execute(delete(User).where(col(User.id) == user_id))
+        db.commit()
+    for grant_id in grant_ids:
+        GRANT_CHANGES.publish(grant_id)

@@ -14,11 +14,11 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Engine, func, select
+from sqlalchemy import Engine, func, select, update
 from sqlmodel import Session, col
 from starlette.concurrency import run_in_threadpool
 
-from keybroker.models import UsageRecord, utcnow
+from keybroker.models import Grant, UsageRecord, utcnow
 from keybroker.proxy.limits import Limits
 from keybroker.proxy.pricing import PriceTable
 
@@ -167,8 +167,13 @@ class Recorder:
                     self._queue.task_done()
 
     def _write(self, rows: list[UsageRecord]) -> None:
+        last: dict[str, datetime] = {}
+        for row in rows:
+            last[row.grant_id] = max(row.at, last.get(row.grant_id, row.at))
         with Session(self.engine) as db:
             db.add_all(rows)
+            for grant_id, at in last.items():
+                db.execute(update(Grant).where(col(Grant.id) == grant_id).values(last_used_at=at))
             db.commit()
 
 

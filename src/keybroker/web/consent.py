@@ -19,14 +19,14 @@ from starlette.routing import Route
 
 from keybroker import grants as grant_store
 from keybroker import provider_keys
-from keybroker.auth import accounts, passkeys
+from keybroker.auth import passkeys
 from keybroker.auth.challenges import ChallengeError
 from keybroker.context import Context, get_context
 from keybroker.grants import ChoiceError
 from keybroker.oauth.clients import SCOPES, Client
 from keybroker.oauth.grants import Consent
 from keybroker.oauth.server import HTTPInput, OAuthResult, with_params
-from keybroker.web.auth_routes import ceremony_endpoint
+from keybroker.web.confirm import verify_fresh_assertion
 from keybroker.web.http import HTTPProblem, problem, read_json_object
 from keybroker.web.pages import render
 
@@ -146,43 +146,6 @@ def _error_page(
     )
 
 
-@ceremony_endpoint
-async def consent_options(request: Request, ctx: Context, body: dict[str, Any]) -> Response:
-    signed_in = await run_in_threadpool(ctx.sessions.current, request)
-    if signed_in is None:
-        raise HTTPProblem(401, "Sign in first.")
-    mine = await run_in_threadpool(accounts.passkeys_of, ctx.engine, signed_in.user.id)
-    issued = await run_in_threadpool(ctx.challenges.issue, "consent", signed_in.user.id)
-    options = passkeys.authentication_options(ctx.rp, challenge=issued.challenge)
-    options["allowCredentials"] = [{"type": "public-key", "id": p.credential_id} for p in mine]
-    return JSONResponse({"ceremony": issued.id, "publicKey": options})
-
-
-async def _verify_fresh_assertion(ctx: Context, user_id: str, body: dict[str, Any]) -> None:
-    """ "Allow" needs a new user-verified assertion by one of this owner's passkeys."""
-    ceremony = body.get("ceremony")
-    if not isinstance(ceremony, str):
-        raise HTTPProblem(400, "Confirm with your passkey to allow access.")
-    issued = await run_in_threadpool(ctx.challenges.consume, ceremony, expected_purpose="consent")
-    if issued.subject != user_id:
-        raise HTTPProblem(400, "This confirmation belongs to another session. Start again.")
-    credential = body.get("credential")
-    credential_id, _ = passkeys.credential_user_handle(credential)
-    found = await run_in_threadpool(accounts.find_credential, ctx.engine, credential_id)
-    if found is None or found[1].id != user_id:
-        raise passkeys.UnknownCredentialError("That passkey is not one of this account's.")
-    passkey, user = found
-    assertion = passkeys.verify_assertion(
-        credential,
-        rp=ctx.rp,
-        expected_challenge=issued.challenge,
-        stored=accounts.stored_credential(passkey, user),
-    )
-    await run_in_threadpool(
-        accounts.record_sign_in, ctx.engine, passkey.id, assertion, action="consent.confirmed"
-    )
-
-
 async def decision(request: Request) -> Response:
     ctx = get_context(request)
     from keybroker.auth.csrf import is_cross_site
@@ -213,7 +176,7 @@ async def decision(request: Request) -> Response:
             choices = grant_store.choices_from_form(
                 {k: str(v) for k, v in fields.items() if k != "scopes"}, picked
             )
-            await _verify_fresh_assertion(ctx, signed_in.user.id, body)
+            await verify_fresh_assertion(ctx, signed_in.user.id, body)
             key = await run_in_threadpool(
                 provider_keys.open_key, ctx.engine, ctx.ring, signed_in.user.id
             )
@@ -240,5 +203,4 @@ async def decision(request: Request) -> Response:
 routes = [
     Route("/authorize", authorize),
     Route("/authorize/decision", decision, methods=["POST"]),
-    Route("/auth/consent/options", consent_options, methods=["POST"]),
 ]

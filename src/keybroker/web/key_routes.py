@@ -9,6 +9,7 @@ from starlette.routing import Route
 
 from keybroker import provider_keys
 from keybroker.context import get_context
+from keybroker.grants import grants_of
 from keybroker.web.forms import guard, read_form
 from keybroker.web.http import HTTPProblem, safe_next
 from keybroker.web.pages import render
@@ -70,17 +71,16 @@ async def save_key(request: Request) -> Response:
     )
 
 
-async def delete_key(request: Request) -> Response:
+async def confirm_delete(request: Request) -> Response:
+    """The confirmation page: what deleting the key ends. The deletion itself needs a fresh
+    passkey assertion (POST /settings/key/delete)."""
     signed_in = await guard(request, "/key")
     if isinstance(signed_in, Response):
         return signed_in
     ctx = get_context(request)
-    form = await read_form(request)
-    if form.get("confirm") != "yes":
-        stored = await run_in_threadpool(provider_keys.stored_key, ctx.engine, signed_in.user.id)
-        return render(request, "key_delete.html", signed_in=signed_in, stored=stored)
-    await run_in_threadpool(provider_keys.delete_key, ctx.engine, signed_in.user.id)
-    return RedirectResponse("/key?deleted=1", status_code=303)
+    stored = await run_in_threadpool(provider_keys.stored_key, ctx.engine, signed_in.user.id)
+    live = [g for g in await run_in_threadpool(grants_of, ctx.engine, signed_in.user.id) if g.live]
+    return render(request, "key_delete.html", signed_in=signed_in, stored=stored, grants=live)
 
 
 async def key_endpoint(request: Request) -> Response:
@@ -91,5 +91,5 @@ async def key_endpoint(request: Request) -> Response:
 
 routes = [
     Route("/key", key_endpoint, methods=["GET", "POST"]),
-    Route("/key/delete", delete_key, methods=["POST"]),
+    Route("/key/delete", confirm_delete, methods=["GET", "POST"]),
 ]

@@ -9,8 +9,6 @@ from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 from starlette.routing import Route
 
-from keybroker import provider_keys
-from keybroker.auth import accounts
 from keybroker.context import get_context
 from keybroker.web.http import safe_next
 
@@ -43,16 +41,6 @@ async def signin(request: Request) -> Response:
     return render(request, "signin.html", next_url=next_url)
 
 
-async def settings_page(request: Request) -> Response:
-    ctx = get_context(request)
-    signed_in = await run_in_threadpool(ctx.sessions.current, request)
-    if signed_in is None:
-        return RedirectResponse("/signin?next=/settings", status_code=303)
-    keys = await run_in_threadpool(accounts.passkeys_of, ctx.engine, signed_in.user.id)
-    stored = await run_in_threadpool(provider_keys.stored_key, ctx.engine, signed_in.user.id)
-    return render(request, "settings.html", signed_in=signed_in, passkeys=keys, stored_key=stored)
-
-
 async def healthz(request: Request) -> Response:
     return Response("ok\n", media_type="text/plain")
 
@@ -60,6 +48,5 @@ async def healthz(request: Request) -> Response:
 routes = [
     Route("/", landing),
     Route("/signin", signin),
-    Route("/settings", settings_page),
     Route("/healthz", healthz),
 ]

@@ -1,0 +1,62 @@
+"""Fresh passkey confirmation for consequential actions: "Allow" on the consent screen,
+deleting the key, removing a passkey, deleting the account.
+
+A signed-in session is not enough for these: the owner confirms with a new user-verified
+assertion by one of the account's own passkeys (W3C WebAuthn §7.2, challenge single use).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from keybroker.auth import accounts, passkeys
+from keybroker.context import Context
+from keybroker.web.auth_routes import ceremony_endpoint
+from keybroker.web.http import HTTPProblem
+
+PURPOSE = "confirm"
+
+
+@ceremony_endpoint
+async def confirm_options(request: Request, ctx: Context, body: dict[str, Any]) -> Response:
+    signed_in = await run_in_threadpool(ctx.sessions.current, request)
+    if signed_in is None:
+        raise HTTPProblem(401, "Sign in first.")
+    mine = await run_in_threadpool(accounts.passkeys_of, ctx.engine, signed_in.user.id)
+    issued = await run_in_threadpool(ctx.challenges.issue, PURPOSE, signed_in.user.id)
+    options = passkeys.authentication_options(ctx.rp, challenge=issued.challenge)
+    options["allowCredentials"] = [{"type": "public-key", "id": p.credential_id} for p in mine]
+    return JSONResponse({"ceremony": issued.id, "publicKey": options})
+
+
+async def verify_fresh_assertion(ctx: Context, user_id: str, body: dict[str, Any]) -> None:
+    """Raise unless ``body`` carries a new assertion by one of ``user_id``'s passkeys."""
+    ceremony = body.get("ceremony")
+    if not isinstance(ceremony, str) or len(ceremony) > 64:
+        raise HTTPProblem(400, "Confirm with your passkey first.")
+    issued = await run_in_threadpool(ctx.challenges.consume, ceremony, expected_purpose=PURPOSE)
+    if issued.subject != user_id:
+        raise HTTPProblem(400, "This confirmation belongs to another session. Start again.")
+    credential = body.get("credential")
+    credential_id, _ = passkeys.credential_user_handle(credential)
+    found = await run_in_threadpool(accounts.find_credential, ctx.engine, credential_id)
+    if found is None or found[1].id != user_id:
+        raise passkeys.UnknownCredentialError("That passkey is not one of this account's.")
+    passkey, user = found
+    assertion = passkeys.verify_assertion(
+        credential,
+        rp=ctx.rp,
+        expected_challenge=issued.challenge,
+        stored=accounts.stored_credential(passkey, user),
+    )
+    await run_in_threadpool(
+        accounts.record_sign_in, ctx.engine, passkey.id, assertion, action="passkey.confirmed"
+    )
+
+
+routes = [Route("/auth/confirm/options", confirm_options, methods=["POST"])]

@@ -1,0 +1,224 @@
+"""The owner's control panel: apps with access, key, passkeys, activity, account."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import JSONResponse, RedirectResponse, Response
+from starlette.routing import Route
+
+from keybroker import grants as grant_store
+from keybroker import provider_keys, reports
+from keybroker.auth import accounts, passkeys
+from keybroker.auth.challenges import ChallengeError
+from keybroker.auth.sessions import SignedIn
+from keybroker.context import Context, get_context
+from keybroker.grants import ChoiceError, GrantNotFoundError
+from keybroker.web.confirm import verify_fresh_assertion
+from keybroker.web.forms import guard, read_form
+from keybroker.web.http import HTTPProblem, problem, read_json_object
+from keybroker.web.pages import render
+
+
+def _page(request: Request) -> int:
+    value = request.query_params.get("page", "0")
+    return min(int(value), 10_000) if value.isdigit() else 0
+
+
+async def settings_page(request: Request) -> Response:
+    signed_in = await guard(request, "/settings")
+    if isinstance(signed_in, Response):
+        return signed_in
+    ctx = get_context(request)
+    user_id = signed_in.user.id
+    all_grants = await run_in_threadpool(grant_store.grants_of, ctx.engine, user_id)
+    totals = await run_in_threadpool(reports.month_totals, ctx.engine, user_id)
+    days = await run_in_threadpool(reports.daily, ctx.engine, user_id)
+    keys = await run_in_threadpool(accounts.passkeys_of, ctx.engine, user_id)
+    stored = await run_in_threadpool(provider_keys.stored_key, ctx.engine, user_id)
+    activity, more = await run_in_threadpool(reports.activity_page, ctx.engine, user_id, 0)
+    charts = {g.id: reports.spend_chart(days.get(g.id, [])) for g in all_grants if g.live}
+    return render(
+        request,
+        "settings.html",
+        signed_in=signed_in,
+        live=[g for g in all_grants if g.live],
+        ended=[g for g in all_grants if not g.live],
+        totals=totals,
+        empty=reports.Totals(),
+        charts=charts,
+        passkeys=keys,
+        stored_key=stored,
+        activity=activity,
+        more_activity=more,
+        done=request.query_params.get("done"),
+        error=request.query_params.get("error"),
+    )
+
+
+FormAction = Callable[[Request, Context, SignedIn, dict[str, str]], Awaitable[str]]
+
+
+def form_action(action: FormAction) -> Callable[[Request], Awaitable[Response]]:
+    """A settings form post: same-site, signed in, then back to the page with a message."""
+
+    async def endpoint(request: Request) -> Response:
+        signed_in = await guard(request, "/settings")
+        if isinstance(signed_in, Response):
+            return signed_in
+        try:
+            form = await read_form(request)
+            done = await action(request, get_context(request), signed_in, form.fields)
+        except (HTTPProblem, ChoiceError) as exc:
+            message = exc.message if isinstance(exc, HTTPProblem) else str(exc)
+            return RedirectResponse(f"/settings?error={_quote(message)}#apps", status_code=303)
+        except GrantNotFoundError:
+            return RedirectResponse("/settings?error=No+such+app#apps", status_code=303)
+        return RedirectResponse(f"/settings?done={_quote(done)}", status_code=303)
+
+    return endpoint
+
+
+def _quote(text: str) -> str:
+    from urllib.parse import quote_plus
+
+    return quote_plus(text[:200])
+
+
+async def revoke(request: Request, ctx: Context, signed_in: SignedIn, form: dict[str, str]) -> str:
+    grant = await run_in_threadpool(
+        grant_store.owned, ctx.engine, request.path_params["grant_id"], signed_in.user.id
+    )
+    await run_in_threadpool(grant_store.revoke, ctx.engine, grant.id)
+    return f"Access for {grant.client_name} is revoked."
+
+
+async def change_limits(
+    request: Request, ctx: Context, signed_in: SignedIn, form: dict[str, str]
+) -> str:
+    grant = await run_in_threadpool(
+        grant_store.owned, ctx.engine, request.path_params["grant_id"], signed_in.user.id
+    )
+    choices = grant_store.choices_from_form(form, sorted(grant.scopes))
+    await run_in_threadpool(
+        grant_store.update_limits, ctx.engine, grant.id, signed_in.user.id, choices
+    )
+    return f"Limits for {grant.client_name} changed."
+
+
+async def rename_passkey(
+    request: Request, ctx: Context, signed_in: SignedIn, form: dict[str, str]
+) -> str:
+    name = form.get("name", "").strip()
+    if not name:
+        raise HTTPProblem(400, "A passkey needs a name.")
+    if not await run_in_threadpool(
+        accounts.rename_passkey,
+        ctx.engine,
+        signed_in.user.id,
+        request.path_params["passkey_id"],
+        name,
+    ):
+        raise HTTPProblem(404, "No such passkey.")
+    return f"Passkey renamed to {name[:100]}."
+
+
+ConfirmedAction = Callable[[Request, Context, SignedIn], Awaitable[dict[str, Any]]]
+
+
+def confirmed_action(action: ConfirmedAction) -> Callable[[Request], Awaitable[Response]]:
+    """A consequential action: same-site JSON post with a fresh passkey assertion."""
+
+    async def endpoint(request: Request) -> Response:
+        ctx = get_context(request)
+        from keybroker.auth.csrf import is_cross_site
+
+        if is_cross_site(request, expected_origin=ctx.settings.origin, method="POST"):
+            return problem(403, "Cross-site request refused.")
+        signed_in = await run_in_threadpool(ctx.sessions.current, request)
+        if signed_in is None:
+            return problem(401, "Your session ended. Sign in again.")
+        try:
+            body = await read_json_object(request)
+            await verify_fresh_assertion(ctx, signed_in.user.id, body)
+            result = await action(request, ctx, signed_in)
+        except HTTPProblem as exc:
+            return problem(exc.status, exc.message)
+        except (ChallengeError, passkeys.PasskeyError) as exc:
+            return problem(400, exc.message)
+        return JSONResponse(result)
+
+    return endpoint
+
+
+async def remove_passkey(request: Request, ctx: Context, signed_in: SignedIn) -> dict[str, Any]:
+    try:
+        removed = await run_in_threadpool(
+            accounts.remove_passkey,
+            ctx.engine,
+            signed_in.user.id,
+            request.path_params["passkey_id"],
+        )
+    except accounts.LastPasskeyError:
+        raise HTTPProblem(
+            409, "This is your only passkey; add another before removing it."
+        ) from None
+    if not removed:
+        raise HTTPProblem(404, "No such passkey.")
+    return {"redirect": "/settings?done=Passkey+removed.#passkeys"}
+
+
+async def delete_key(request: Request, ctx: Context, signed_in: SignedIn) -> dict[str, Any]:
+    await run_in_threadpool(provider_keys.delete_key, ctx.engine, signed_in.user.id)
+    return {"redirect": "/key?deleted=1"}
+
+
+async def delete_account(request: Request, ctx: Context, signed_in: SignedIn) -> dict[str, Any]:
+    await run_in_threadpool(accounts.delete_account, ctx.engine, signed_in.user.id)
+    return {"redirect": "/?deleted=1"}
+
+
+async def grant_requests(request: Request) -> Response:
+    signed_in = await guard(request, "/settings")
+    if isinstance(signed_in, Response):
+        return signed_in
+    ctx = get_context(request)
+    try:
+        grant = await run_in_threadpool(
+            grant_store.owned, ctx.engine, request.path_params["grant_id"], signed_in.user.id
+        )
+    except GrantNotFoundError:
+        return RedirectResponse("/settings?error=No+such+app", status_code=303)
+    page = _page(request)
+    rows, more = await run_in_threadpool(reports.requests_page, ctx.engine, grant.id, page)
+    return render(
+        request, "requests.html", signed_in=signed_in, grant=grant, rows=rows, page=page, more=more
+    )
+
+
+async def activity(request: Request) -> Response:
+    signed_in = await guard(request, "/settings/activity")
+    if isinstance(signed_in, Response):
+        return signed_in
+    ctx = get_context(request)
+    page = _page(request)
+    rows, more = await run_in_threadpool(reports.activity_page, ctx.engine, signed_in.user.id, page)
+    return render(request, "activity.html", signed_in=signed_in, rows=rows, page=page, more=more)
+
+
+routes = [
+    Route("/settings", settings_page),
+    Route("/settings/activity", activity),
+    Route("/settings/grants/{grant_id}/requests", grant_requests),
+    Route("/settings/grants/{grant_id}/revoke", form_action(revoke), methods=["POST"]),
+    Route("/settings/grants/{grant_id}/limits", form_action(change_limits), methods=["POST"]),
+    Route("/settings/passkeys/{passkey_id}/rename", form_action(rename_passkey), methods=["POST"]),
+    Route(
+        "/settings/passkeys/{passkey_id}/remove", confirmed_action(remove_passkey), methods=["POST"]
+    ),
+    Route("/settings/key/delete", confirmed_action(delete_key), methods=["POST"]),
+    Route("/settings/account/delete", confirmed_action(delete_account), methods=["POST"]),
+]

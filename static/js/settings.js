@@ -1,0 +1,42 @@
+// Consequential settings actions (remove a passkey, delete the key, delete the account) are
+// confirmed with a fresh passkey assertion, then posted as JSON.
+"use strict";
+(() => {
+  // Messages go to the status and alert elements of the button's own section.
+  const place = (button, role) => (button.closest("section, main") || document).querySelector(`[role="${role}"]`);
+
+  async function post(url, body) {
+    const response = await fetch(url, {
+      method: "POST", credentials: "same-origin",
+      headers: { "content-type": "application/json" }, body: JSON.stringify(body || {}),
+    });
+    let data = {};
+    try { data = await response.json(); } catch (_) { /* not JSON */ }
+    if (!response.ok) throw new Error(data.error || `The server answered ${response.status}.`);
+    return data;
+  }
+
+  document.addEventListener("click", async (event) => {
+    const button = event.target.closest("button[data-confirm-action]");
+    if (!button) return;
+    const status = place(button, "status");
+    const alert = place(button, "alert");
+    const say = (el, text) => { if (el) el.textContent = text; };
+    say(alert, "");
+    button.disabled = true;
+    try {
+      const start = await post("/auth/confirm/options");
+      say(status, "Confirm with your passkey…");
+      const publicKey = PublicKeyCredential.parseRequestOptionsFromJSON(start.publicKey);
+      const credential = await navigator.credentials.get({ publicKey });
+      const done = await post(button.dataset.confirmAction,
+        { ceremony: start.ceremony, credential: credential.toJSON() });
+      window.location.assign(done.redirect || "/settings");
+    } catch (error) {
+      say(status, "");
+      say(alert, error && error.name === "NotAllowedError"
+        ? "The passkey prompt was cancelled. Nothing was changed." : (error.message || String(error)));
+      button.disabled = false;
+    }
+  });
+})();
