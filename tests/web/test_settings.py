@@ -143,7 +143,9 @@ def test_passkeys_rename_remove_never_the_last(live: Live) -> None:
         mine = db.execute(
             select(Passkey).where(Passkey.credential_id == authn.credential_id_b64)
         ).scalar_one()  # type: ignore[arg-type]
-    web.post(f"/settings/passkeys/{mine.id}/rename", data={"name": "Work laptop 7"}, headers=SAME_ORIGIN)
+    web.post(
+        f"/settings/passkeys/{mine.id}/rename", data={"name": "Work laptop 7"}, headers=SAME_ORIGIN
+    )
     assert "Work laptop 7" in web.get("/settings").text
     last = confirmed(web, authn, f"/settings/passkeys/{mine.id}/remove")  # type: ignore[arg-type]
     assert last.status_code == 409
