@@ -108,6 +108,18 @@ class Window:
             {"authenticatorId": self.authenticator_id, "credential": credential},
         )
 
+    def bump_sign_count(self, by: int) -> None:
+        """Move this authenticator's counters on, as if its copies elsewhere had signed."""
+        for credential in self.credentials():
+            self.cdp.send(
+                "WebAuthn.removeCredential",
+                {
+                    "authenticatorId": self.authenticator_id,
+                    "credentialId": credential["credentialId"],
+                },
+            )
+            self.add_credential({**credential, "signCount": credential["signCount"] + by})
+
     def override(self, **bits: bool) -> None:
         self.cdp.send(
             "WebAuthn.setResponseOverrideBits", {"authenticatorId": self.authenticator_id, **bits}

@@ -52,7 +52,10 @@ def test_second_passkey_signs_in(window: Window, broker: LiveBroker) -> None:
     )
     second = attach_authenticator(page)
     page.get_by_role("button", name="Add passkey").click()
-    expect(page.get_by_role("cell", name="Second device")).to_be_visible()
+    expect(page.get_by_role("status").first).to_contain_text("Passkey added")
+    expect(
+        page.locator("table.passkeys").get_by_role("cell", name="Second device", exact=True)
+    ).to_be_visible()
     sign_out(page, broker)
     sign_in(page, broker)  # with the second device's passkey
     assert second.credentials()[0]["credentialId"] != first["credentialId"]
