@@ -16,7 +16,7 @@ from starlette.templating import Jinja2Templates
 from starlette.types import Message, Receive, Scope, Send
 
 from keybroker import db
-from keybroker.auth.challenges import DatabaseChallengeStore
+from keybroker.auth.challenges import ChallengeStore, DatabaseChallengeStore
 from keybroker.auth.passkeys import RelyingParty
 from keybroker.auth.sessions import SessionManager
 from keybroker.context import Context
@@ -26,7 +26,7 @@ from keybroker.oauth.grants import build_server
 from keybroker.proxy import grant_info
 from keybroker.proxy.cache import GrantCache
 from keybroker.proxy.forward import ProxyApp
-from keybroker.proxy.limits import MemoryLimits
+from keybroker.proxy.limits import Limits, MemoryLimits
 from keybroker.proxy.pricing import PriceTable
 from keybroker.proxy.upstream import Upstream
 from keybroker.proxy.usage import Recorder
@@ -56,10 +56,29 @@ class CrossOriginStatic:
 def build_context(settings: Settings) -> Context:
     engine = db.make_engine(settings.database_url)
     ring = KeyRing.parse(settings.master_keys)
-    limits = MemoryLimits()
+    limits: Limits = MemoryLimits()
+    challenges: ChallengeStore = DatabaseChallengeStore(engine)
+    cache = GrantCache(engine)
+    bridge = None
+    if settings.redis_url:
+        import redis
+        import redis.asyncio
+
+        from keybroker.auth.redis_challenges import RedisChallengeStore
+        from keybroker.proxy.redis_events import RedisGrantBridge
+        from keybroker.proxy.redis_limits import RedisLimits
+
+        async_redis = redis.asyncio.Redis.from_url(
+            settings.redis_url, socket_timeout=2, socket_connect_timeout=2
+        )
+        limits = RedisLimits(async_redis)
+        challenges = RedisChallengeStore(
+            redis.Redis.from_url(settings.redis_url, socket_timeout=2, socket_connect_timeout=2)
+        )
+        bridge = RedisGrantBridge(async_redis, cache.invalidate)
     proxy = ProxyApp(
         ring=ring,
-        grants=GrantCache(engine),
+        grants=cache,
         limits=limits,
         recorder=Recorder(engine, limits, PriceTable.load(settings.pricing_file)),
         upstream=Upstream(settings.upstream_url, settings.upstream_timeout),
@@ -69,11 +88,12 @@ def build_context(settings: Settings) -> Context:
         engine=engine,
         ring=ring,
         sessions=SessionManager(engine, settings.secret_key, secure=settings.secure_cookies),
-        challenges=DatabaseChallengeStore(engine),
+        challenges=challenges,
         templates=Jinja2Templates(directory=resource_dir("templates")),
         rp=RelyingParty(id=settings.rp_id, name="keybroker", origin=settings.origin),
         oauth=build_server(engine, ring, issuer=settings.public_url, base_url=settings.base_url),
         proxy=proxy,
+        bridge=bridge,
     )
 
 
@@ -112,9 +132,13 @@ def create_app(settings: Settings, *, migrate: bool | None = None) -> KeybrokerA
             )
         await ctx.proxy.upstream.start()
         ctx.proxy.recorder.start()
+        if ctx.bridge is not None:
+            ctx.bridge.start()
         try:
             yield
         finally:
+            if ctx.bridge is not None:
+                await ctx.bridge.stop()
             await ctx.proxy.recorder.stop()
             await ctx.proxy.upstream.close()
             ctx.proxy.grants.close()

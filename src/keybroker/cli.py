@@ -25,6 +25,14 @@ def app_factory() -> object:
 
 
 def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
+    if args.workers > 1 and not settings.redis_url:
+        print(
+            "keybroker: --workers above 1 needs KEYBROKER_REDIS_URL: without it rate limits, "
+            "budget counters and revocation notices live inside each process and would "
+            "disagree. Set KEYBROKER_REDIS_URL or run one worker per instance.",
+            file=sys.stderr,
+        )
+        return 2
     engine = db.make_engine(settings.database_url)
     if not settings.production:
         db.upgrade(engine)  # once here, not in each worker
@@ -51,6 +59,7 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
         port=args.port,
         workers=args.workers,
         proxy_headers=False,
+        access_log=not args.no_access_log,
         log_level=args.log_level,
         server_header=False,
     )
@@ -237,6 +246,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"]
     )
+    serve.add_argument("--no-access-log", action="store_true", help="do not log a line per request")
     serve.add_argument(
         "--with-demo",
         action="store_true",

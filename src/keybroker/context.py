@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy import Engine
 from starlette.requests import HTTPConnection
@@ -28,6 +29,7 @@ class Context:
     rp: RelyingParty
     oauth: AuthorizationServer
     proxy: ProxyApp
+    bridge: Any = None  # RedisGrantBridge when KEYBROKER_REDIS_URL is set
 
 
 def get_context(conn: HTTPConnection) -> Context:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import secrets
 from datetime import UTC, datetime
 
-from sqlalchemy import Column, ForeignKey, LargeBinary, String, UniqueConstraint
+from sqlalchemy import BigInteger, Column, ForeignKey, LargeBinary, String, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
 
@@ -129,7 +129,8 @@ class Grant(SQLModel, table=True):
     web_origin: str | None = Field(default=None, max_length=300)
     scopes: str = Field(max_length=500)
     models: str = Field(default="[]", max_length=4000)  # JSON list; empty means any model
-    budget_microusd: int
+    # Micro-USD: up to $10,000 needs 64 bits (PostgreSQL INTEGER stops at 2^31).
+    budget_microusd: int = Field(sa_column=Column(BigInteger, nullable=False))
     rpm: int
     expires_at: datetime
     created_at: datetime = Field(default_factory=utcnow)

@@ -107,7 +107,12 @@ def test_settings_controls_every_app(
     spend(broker, token_a, 2)
     spend(broker, token_b, 1)
 
-    page.goto(f"{broker.url}/settings")
+    # Usage is written off the hot path, within a fraction of a second: reload until it shows.
+    for _ in range(50):
+        page.goto(f"{broker.url}/settings")
+        if card(page, app_b).locator(".requests").text_content() == "1":
+            break
+        page.wait_for_timeout(100)
     expect(card(page, app_a).locator(".requests")).to_have_text("2")
     expect(card(page, app_b).locator(".requests")).to_have_text("1")
     # 2 x (10 input + 1,000 output tokens of gpt-4o) = $0.02005.

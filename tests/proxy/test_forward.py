@@ -112,7 +112,8 @@ def test_missing_or_garbage_token_is_401_without_a_database_read(
         event.remove(live.ctx.engine, "before_cursor_execute", count)
     assert response.status_code == 401
     assert response.json()["error"]["code"] == "invalid_api_key"
-    assert statements == []
+    # (Usage rows of earlier tests may still be being written; no read may happen.)
+    assert [q for q in statements if q.lstrip().upper().startswith("SELECT")] == []
 
 
 def test_truncated_or_tampered_tokens_are_401(live: Live) -> None:

@@ -102,7 +102,7 @@ def person_rows(live: Live, user_id: str, handle: str) -> dict[str, int]:
             wanted = [c for c in columns if c in ("user_id", "subject", "id", "webauthn_handle")]
             if not wanted:
                 continue
-            where = " OR ".join(f"{c} IN (:u, :h)" for c in wanted)
+            where = " OR ".join(f"CAST({c} AS VARCHAR) IN (:u, :h)" for c in wanted)
             counts[table] = db.execute(
                 text(f"SELECT COUNT(*) FROM {table} WHERE {where}"), {"u": user_id, "h": handle}
             ).scalar_one()

@@ -12,6 +12,7 @@ import binascii
 import re
 import secrets
 from dataclasses import dataclass, field
+from typing import Any
 
 KID_RE = re.compile(r"^[A-Za-z0-9_.]{1,32}$")
 KEY_BYTES = 32
@@ -33,6 +34,7 @@ class UnknownKidError(LookupError):
 class KeyRing:
     kids: tuple[str, ...]
     _keys: dict[str, bytes] = field(repr=False, compare=False)
+    _imported: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
     def parse(cls, text: str) -> KeyRing:
@@ -68,6 +70,15 @@ class KeyRing:
     @property
     def active_kid(self) -> str:
         return self.kids[0]
+
+    def oct_key(self, kid: str) -> Any:
+        """The key as a joserfc OctKey, imported once per kid."""
+        cached = self._imported.get(kid)
+        if cached is None:
+            from joserfc.jwk import OctKey
+
+            cached = self._imported[kid] = OctKey.import_key(self.key(kid))
+        return cached
 
     def key(self, kid: str) -> bytes:
         try:

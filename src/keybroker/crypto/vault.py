@@ -63,14 +63,12 @@ def seal(plaintext: bytes, ring: KeyRing, *, binding: Binding) -> str:
         "kb_sub": binding.subject,
         "kb_use": binding.purpose,
     }
-    return jwe.encrypt_compact(
-        header, plaintext, OctKey.import_key(ring.key(kid)), registry=WRAPPED
-    )
+    return jwe.encrypt_compact(header, plaintext, ring.oct_key(kid), registry=WRAPPED)
 
 
 def open_sealed(token: str, ring: KeyRing, *, expected_binding: Binding) -> bytes:
     """Open a record sealed by :func:`seal`; raises UnknownKidError or SealedRecordError."""
-    key = OctKey.import_key(ring.key(record_kid(token)))
+    key = ring.oct_key(record_kid(token))
     return _decrypt(token, key, WRAPPED, expected_binding)
 
 

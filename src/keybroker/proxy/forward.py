@@ -26,7 +26,7 @@ from keybroker.oauth.clients import web_origin
 from keybroker.proxy import errors
 from keybroker.proxy.bodies import BodyError, add_include_usage, json_fields, multipart_values
 from keybroker.proxy.cache import GrantCache
-from keybroker.proxy.limits import Limits
+from keybroker.proxy.limits import Limits, LimitsUnavailable
 from keybroker.proxy.paths import UnsafePathError, api_path, scope_for
 from keybroker.proxy.upstream import Upstream, response_headers, upstream_request_headers
 from keybroker.proxy.usage import (
@@ -166,7 +166,21 @@ class ProxyApp:
                 headers=cors,
             )
             return
-        decision = await self.limits.hit(grant.id, grant.rpm)
+        try:
+            decision = await self.limits.hit(grant.id, grant.rpm)
+            spent = await self.spent(grant)
+        except LimitsUnavailable:
+            # Fail closed: nobody is counting, so nothing goes through (issue: scale-out).
+            await errors.send_error(
+                send,
+                503,
+                "keybroker cannot check this key's limits right now (its shared "
+                "limit store is unreachable). Retry in a few seconds.",
+                "server_error",
+                "limits_unavailable",
+                headers=[*cors, (b"retry-after", b"2")],
+            )
+            return
         if not decision.allowed:
             await errors.send_error(
                 send,
@@ -178,7 +192,7 @@ class ProxyApp:
                 headers=[*cors, (b"retry-after", str(decision.retry_after).encode())],
             )
             return
-        if await self.spent(grant) >= grant.budget_microusd:
+        if spent >= grant.budget_microusd:
             await errors.send_error(
                 send,
                 429,
@@ -371,7 +385,10 @@ class ProxyApp:
         finally:
             if watcher is not None:
                 watcher.cancel()
-            response.close()
+            if interrupted or not response.content.at_eof():
+                response.close()  # drop the connection: the upstream request is cancelled
+            else:
+                response.release()  # back to the pool for the next request (keep-alive)
             if seen.reported is False and interrupted:
                 seen.output_tokens = seen.deltas  # an estimate: about one token per delta
             await self.recorder.record(

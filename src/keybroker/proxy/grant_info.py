@@ -8,6 +8,7 @@ from starlette.routing import Route
 
 from keybroker.context import get_context
 from keybroker.proxy import errors
+from keybroker.proxy.limits import LimitsUnavailable
 
 
 async def grant_info(request: Request) -> Response:
@@ -33,7 +34,19 @@ async def grant_info(request: Request) -> Response:
             media_type="application/json",
             headers=headers,
         )
-    spent = await proxy.spent(grant)
+    try:
+        spent = await proxy.spent(grant)
+    except LimitsUnavailable:
+        return Response(
+            errors.error_body(
+                "Spend is unavailable right now; retry in a few seconds.",
+                "server_error",
+                "limits_unavailable",
+            ),
+            status_code=503,
+            media_type="application/json",
+            headers=headers,
+        )
     return JSONResponse(
         {
             "grant_id": grant.id,

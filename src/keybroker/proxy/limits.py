@@ -12,6 +12,10 @@ from dataclasses import dataclass
 from typing import Protocol
 
 
+class LimitsUnavailable(Exception):
+    """The shared limit store cannot be reached; the proxy fails closed."""
+
+
 @dataclass(frozen=True)
 class Decision:
     allowed: bool

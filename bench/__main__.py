@@ -1,0 +1,470 @@
+"""``make bench``: proxy overhead, streaming and memory, against a direct arm and a floor.
+
+Starts a canned upstream, a bare aiohttp passthrough (the floor) and keybroker in its
+production configuration (a real grant and token, rate limit and usage recording on), then
+measures them interleaved with wrk and an asyncio stream client, and writes
+docs/benchmarks.md. Loopback only; every run is bounded in time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import itertools
+import json
+import os
+import platform
+import re
+import secrets
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import aiohttp
+
+ROOT = Path(__file__).resolve().parent.parent
+BODY = '{"model":"gpt-4o-mini","messages":[{"role":"user","content":"hi"}]}'
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def wait_port(port: int, timeout: float = 30) -> None:
+    import socket
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"nothing listens on {port}")
+
+
+@dataclass
+class Arms:
+    direct: str
+    keybroker: str
+    floor: str
+    token: str
+    broker_pid: int
+    procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
+
+    def auth(self, arm: str) -> str:
+        return self.token if arm == "keybroker" else "sk-direct"
+
+    def url(self, arm: str) -> str:
+        return {"direct": self.direct, "keybroker": self.keybroker, "floor": self.floor}[arm]
+
+
+def start(tmp: Path) -> Arms:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KEYBROKER_")}
+    up_port, floor_port, kb_port = free_port(), free_port(), free_port()
+    upstream = f"http://127.0.0.1:{up_port}/v1"
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "bench.upstream", "--port", str(up_port)], cwd=ROOT, env=env
+        ),
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "bench.floor",
+                "--port",
+                str(floor_port),
+                "--upstream",
+                upstream,
+            ],
+            cwd=ROOT,
+            env=env,
+        ),
+    ]
+    kb_env = {
+        **env,
+        "KEYBROKER_ENV": "production",
+        "KEYBROKER_PUBLIC_URL": f"https://localhost:{kb_port}",
+        "KEYBROKER_SECRET_KEY": secrets.token_urlsafe(48),
+        "KEYBROKER_MASTER_KEYS": "k1:" + base64.b64encode(secrets.token_bytes(32)).decode(),
+        "KEYBROKER_DATA_DIR": str(tmp),
+        "KEYBROKER_UPSTREAM_URL": upstream,
+    }
+    token = seed(kb_env)
+    broker = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "keybroker",
+            "serve",
+            "--port",
+            str(kb_port),
+            "--log-level",
+            "warning",
+            "--no-access-log",
+        ],
+        cwd=tmp,
+        env=kb_env,
+    )
+    procs.append(broker)
+    for port in (up_port, floor_port, kb_port):
+        wait_port(port)
+    return Arms(
+        upstream,
+        f"http://127.0.0.1:{kb_port}/v1",
+        f"http://127.0.0.1:{floor_port}/v1",
+        token,
+        broker.pid,
+        procs,
+    )
+
+
+def seed(env: dict[str, str]) -> str:
+    """A real account, vault entry and grant, made with keybroker's own code."""
+    code = """
+import sys
+from keybroker import db, grants, provider_keys
+from keybroker.crypto import tokens
+from keybroker.crypto.keyring import KeyRing
+from keybroker.models import User
+from keybroker.settings import load_settings
+s = load_settings(env_file=None)
+engine = db.make_engine(s.database_url)
+db.upgrade(engine)
+ring = KeyRing.parse(s.master_keys)
+with db.session_scope(engine) as session:
+    session.add(User(id="bench", webauthn_handle="bench", name="bench"))
+provider_keys.save_key(engine, ring, user_id="bench", key="sk-bench-owner-key-0000000000")
+token = tokens.new_token(tokens.new_grant_id())
+choices = grants.Choices(scopes=("chat", "models"), models=(), budget_usd=1_000_000,
+                         rpm=1, days=30)
+grants.create_grant(engine, ring, token=token, user_id="bench", client_id="bench",
+                    client_name="bench", web_origin=None, choices=choices,
+                    provider_key="sk-bench-owner-key-0000000000")
+# A rate limit that is checked on every request but never reached during the run.
+from sqlalchemy import update
+from keybroker.models import Grant
+with db.session_scope(engine) as session:
+    session.execute(update(Grant).values(rpm=100_000_000))
+print(str(token))
+"""
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        env=env,
+        cwd=env["KEYBROKER_DATA_DIR"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return out.stdout.strip().splitlines()[-1]
+
+
+UNITS = {"us": 1e-3, "ms": 1.0, "s": 1000.0}
+
+
+@dataclass
+class WrkResult:
+    rps: float
+    p50: float
+    p99: float
+    errors: int
+
+
+def wrk(url: str, auth: str, connections: int, seconds: int) -> WrkResult:
+    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
+        script.write(
+            f'wrk.method = "POST"\nwrk.body = {json.dumps(BODY)}\n'
+            f'wrk.headers["Content-Type"] = "application/json"\n'
+            f'wrk.headers["Authorization"] = "Bearer {auth}"\n'
+        )
+    threads = 1 if connections == 1 else 2
+    out = subprocess.run(
+        [
+            "wrk",
+            f"-t{threads}",
+            f"-c{connections}",
+            f"-d{seconds}s",
+            "--latency",
+            "-s",
+            script.name,
+            f"{url}/chat/completions",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=seconds + 30,
+        check=True,
+    ).stdout
+    os.unlink(script.name)
+
+    def pct(label: str) -> float:
+        match = re.search(rf"^\s+{label}%\s+([\d.]+)(us|ms|s)\s*$", out, re.M)
+        assert match, out
+        return float(match.group(1)) * UNITS[match.group(2)]
+
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    errors = 0
+    if match := re.search(r"Non-2xx or 3xx responses: (\d+)", out):
+        errors += int(match.group(1))
+    if match := re.search(
+        r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out
+    ):
+        errors += sum(int(g) for g in match.groups())
+    return WrkResult(rps, pct("50"), pct("99"), errors)
+
+
+@dataclass
+class StreamRun:
+    first_ms: float
+    gaps_ms: list[float]
+    bundled: int
+    chunks: int
+
+
+async def stream_once(
+    session: aiohttp.ClientSession, url: str, auth: str, n: int, pace_ms: int
+) -> StreamRun:
+    body = {
+        "model": "gpt-4o-mini",
+        "stream": True,
+        "n_chunks": n,
+        "pace_ms": pace_ms,
+        "messages": [{"role": "user", "content": "hi"}],
+    }
+    started = time.perf_counter()
+    arrivals: list[float] = []
+    async with session.post(
+        f"{url}/chat/completions", json=body, headers={"authorization": f"Bearer {auth}"}
+    ) as response:
+        buffer = b""
+        async for data in response.content.iter_any():
+            now = time.perf_counter()
+            buffer += data
+            while b"\n\n" in buffer:
+                event, buffer = buffer.split(b"\n\n", 1)
+                if event.startswith(b"data: {") and b'"delta"' in event:
+                    arrivals.append(now)
+    gaps = [(b - a) * 1000 for a, b in itertools.pairwise(arrivals)]
+    # A chunk held back shows as two events arriving together although paced apart upstream.
+    bundled = sum(1 for g in gaps if g < pace_ms / 4)
+    return StreamRun((arrivals[0] - started) * 1000, gaps, bundled, len(arrivals))
+
+
+async def streaming(arms: Arms, runs: int) -> dict[str, list[StreamRun]]:
+    results: dict[str, list[StreamRun]] = {"direct": [], "keybroker": []}
+    async with aiohttp.ClientSession() as session:
+        for _ in range(runs):
+            for arm in ("direct", "keybroker"):
+                results[arm].append(
+                    await stream_once(session, arms.url(arm), arms.auth(arm), 64, 20)
+                )
+    return results
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+async def many_streams(arms: Arms, count: int) -> tuple[int, float, float]:
+    peak = rss_mb(arms.broker_pid)
+    before = peak
+    errors = 0
+    connector = aiohttp.TCPConnector(limit=0)
+    async with aiohttp.ClientSession(
+        connector=connector, timeout=aiohttp.ClientTimeout(total=120)
+    ) as session:
+
+        async def one() -> None:
+            nonlocal errors
+            try:
+                run = await stream_once(session, arms.keybroker, arms.token, 64, 100)
+                if run.chunks != 64:
+                    errors += 1
+            except (TimeoutError, aiohttp.ClientError):
+                errors += 1
+
+        tasks = [asyncio.create_task(one()) for _ in range(count)]
+        while not all(t.done() for t in tasks):
+            peak = max(peak, rss_mb(arms.broker_pid))
+            await asyncio.sleep(0.1)
+        await asyncio.gather(*tasks)
+    return errors, before, peak
+
+
+def p50(values: list[float]) -> float:
+    return statistics.median(values)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="make bench")
+    parser.add_argument("--seconds", type=int, default=8, help="per wrk run")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds per arm")
+    parser.add_argument("--streams", type=int, default=1000)
+    parser.add_argument("--out", default=str(ROOT / "docs" / "benchmarks.md"))
+    args = parser.parse_args()
+    if shutil.which("wrk") is None:
+        sys.exit("make bench needs wrk: apt-get install wrk")
+    with tempfile.TemporaryDirectory() as tmp:
+        arms = start(Path(tmp))
+        try:
+            report = run(arms, args)
+        finally:
+            for proc in arms.procs:
+                proc.terminate()
+            for proc in arms.procs:
+                proc.wait(timeout=20)
+    Path(args.out).write_text(report)
+    print(report)
+
+
+def run(arms: Arms, args: argparse.Namespace) -> str:
+    for arm in ("direct", "keybroker", "floor"):  # warm up connections and caches
+        wrk(arms.url(arm), arms.auth(arm), 8, 2)
+    table: dict[tuple[str, int], list[WrkResult]] = {}
+    for _ in range(args.rounds):
+        for connections in (1, 32):
+            for arm in ("direct", "keybroker", "floor"):
+                result = wrk(arms.url(arm), arms.auth(arm), connections, args.seconds)
+                table.setdefault((arm, connections), []).append(result)
+
+    def agg(arm: str, conns: int) -> WrkResult:
+        runs = table[(arm, conns)]
+        return WrkResult(
+            p50([r.rps for r in runs]),
+            p50([r.p50 for r in runs]),
+            p50([r.p99 for r in runs]),
+            sum(r.errors for r in runs),
+        )
+
+    streams = asyncio.run(streaming(arms, 15))
+    errors, rss_before, rss_peak = asyncio.run(many_streams(arms, args.streams))
+    return render(arms, args, agg, streams, errors, rss_before, rss_peak)
+
+
+def render(
+    arms: Arms,
+    args: argparse.Namespace,
+    agg: object,
+    streams: dict[str, list[StreamRun]],
+    errors: int,
+    rss_before: float,
+    rss_peak: float,
+) -> str:
+    get = agg  # type: ignore[assignment]
+    d1, k1, f1 = get("direct", 1), get("keybroker", 1), get("floor", 1)  # type: ignore[operator]
+    d32, k32, f32 = get("direct", 32), get("keybroker", 32), get("floor", 32)  # type: ignore[operator]
+    ttfc = {a: p50([r.first_ms for r in runs]) for a, runs in streams.items()}
+    gap = {a: p50([g for r in runs for g in r.gaps_ms]) for a, runs in streams.items()}
+    bundled = sum(r.bundled for r in streams["keybroker"])
+    chunks_seen = sum(r.chunks for r in streams["keybroker"])
+
+    def ok(flag: bool) -> str:
+        return "met" if flag else "**missed**"
+
+    added_p50 = k1.p50 - d1.p50
+    added_p99 = k1.p99 - d1.p99
+    rows = [
+        ("1 connection: added latency p50", f"{added_p50:.3f} ms", "≤ 0.5 ms", added_p50 <= 0.5),
+        ("1 connection: added latency p99", f"{added_p99:.3f} ms", "≤ 2 ms", added_p99 <= 2),
+        (
+            "1 connection: keybroker minus floor p50",
+            f"{k1.p50 - f1.p50:.3f} ms",
+            "≤ 0.3 ms",
+            k1.p50 - f1.p50 <= 0.3,
+        ),
+        ("32 connections: throughput", f"{k32.rps:,.0f} req/s", "≥ 3,000", k32.rps >= 3000),
+        (
+            "32 connections: share of the floor",
+            f"{k32.rps / f32.rps:.0%}",
+            "≥ 75%",
+            k32.rps / f32.rps >= 0.75,
+        ),
+        ("32 connections: p99", f"{k32.p99:.2f} ms", "≤ 25 ms", k32.p99 <= 25),
+        (
+            "streaming: added time to first chunk p50",
+            f"{ttfc['keybroker'] - ttfc['direct']:.3f} ms",
+            "≤ 1 ms",
+            ttfc["keybroker"] - ttfc["direct"] <= 1,
+        ),
+        (
+            "streaming: added gap per chunk p50",
+            f"{gap['keybroker'] - gap['direct']:.3f} ms",
+            "≤ 0.2 ms",
+            gap["keybroker"] - gap["direct"] <= 0.2,
+        ),
+        ("streaming: chunks held back", f"{bundled} of {chunks_seen}", "0", bundled == 0),
+        (f"{args.streams:,} concurrent streams: errors", str(errors), "0", errors == 0),
+        (
+            f"{args.streams:,} concurrent streams: broker RSS peak",
+            f"{rss_peak:.0f} MB",
+            "≤ 300 MB",
+            rss_peak <= 300,
+        ),
+    ]
+    lines = [
+        "# Benchmarks",
+        "",
+        "Made by `make bench` (`python -m bench`); numbers from one run, all arms interleaved.",
+        "",
+        f"- Machine: {platform.machine()}, {os.cpu_count()} cores, {platform.platform()}, "
+        f"Python {platform.python_version()}.",
+        "- Arms: **direct** = the canned aiohttp upstream itself; **keybroker** = `keybroker "
+        "serve` (one worker, `KEYBROKER_ENV=production`, SQLite, a real grant and token, rate "
+        "limit checked and usage recorded on every request, access log off); **floor** = a bare "
+        "aiohttp passthrough with no checks.",
+        f"- Load: wrk, POST /v1/chat/completions with a small JSON body, {args.seconds} s per run,"
+        f" {args.rounds} interleaved rounds, medians shown; wrk, the upstream, the floor and "
+        "the broker share the 2 cores.",
+        "",
+        "| arm | conns | req/s | p50 ms | p99 ms | errors |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, conns, r in (
+        ("direct", 1, d1),
+        ("keybroker", 1, k1),
+        ("floor", 1, f1),
+        ("direct", 32, d32),
+        ("keybroker", 32, k32),
+        ("floor", 32, f32),
+    ):
+        lines.append(
+            f"| {name} | {conns} | {r.rps:,.0f} | {r.p50:.3f} | {r.p99:.3f} | {r.errors} |"
+        )
+    lines += [
+        "",
+        f"Streaming: 64 chunks paced 20 ms apart, {len(streams['direct'])} runs per arm; "
+        f"time to first chunk p50 direct {ttfc['direct']:.2f} ms, keybroker "
+        f"{ttfc['keybroker']:.2f} ms; gap p50 direct {gap['direct']:.3f} ms, keybroker "
+        f"{gap['keybroker']:.3f} ms.",
+        "",
+        f"Memory: {args.streams:,} concurrent streams through keybroker (64 chunks, 100 ms "
+        f"apart): RSS {rss_before:.0f} MB before, {rss_peak:.0f} MB at peak, {errors} errors.",
+        "",
+        "## Targets",
+        "",
+        "| target | measured | goal | |",
+        "|---|---|---|---|",
+    ]
+    lines += [f"| {name} | {value} | {goal} | {ok(flag)} |" for name, value, goal, flag in rows]
+    lines += ["", "Command: `make bench` (options: `python -m bench --help`).", ""]
+    notes = ROOT / "bench" / "NOTES.md"
+    if notes.exists():
+        lines += [notes.read_text()]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
