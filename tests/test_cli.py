@@ -121,3 +121,9 @@ def test_keys_rotate_in_production_prints_the_new_ring(tmp_path: Path) -> None:
     line = result.stdout.strip()
     assert line.startswith("KEYBROKER_MASTER_KEYS=k2:")
     assert line.endswith("," + old)
+
+
+def test_several_workers_need_redis(tmp_path: Path) -> None:
+    result = run(["serve", "--workers", "2"], tmp_path)
+    assert result.returncode == 2
+    assert "KEYBROKER_REDIS_URL" in result.stderr

@@ -58,7 +58,9 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
         host=args.host,
         port=args.port,
         workers=args.workers,
-        proxy_headers=False,
+        # X-Forwarded-For/-Proto are believed only from the configured reverse proxies.
+        proxy_headers=bool(settings.trusted_proxies),
+        forwarded_allow_ips=settings.trusted_proxies or None,
         access_log=not args.no_access_log,
         log_level=args.log_level,
         server_header=False,

@@ -45,6 +45,7 @@ class Settings:
     validation_timeout: float = 10.0
     generated_secrets: bool = False
     pricing_file: Path | None = None
+    trusted_proxies: str = ""
 
     @property
     def production(self) -> bool:
@@ -159,6 +160,7 @@ def load_settings(
         validation_timeout=float(get("KEYBROKER_VALIDATION_TIMEOUT") or 10.0),
         generated_secrets=generated,
         pricing_file=Path(p) if (p := get("KEYBROKER_PRICING_FILE")) else None,
+        trusted_proxies=get("KEYBROKER_TRUSTED_PROXIES") or "",
     )
 
 
