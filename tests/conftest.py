@@ -76,6 +76,7 @@ def settings(tmp_path: Path, upstream: Upstream, database_url: str) -> Settings:
             "KEYBROKER_PUBLIC_URL": BROKER,
             "KEYBROKER_UPSTREAM_URL": upstream.url,
             "KEYBROKER_VALIDATION_TIMEOUT": "1",
+            "KEYBROKER_ABUSE_LIMIT_SCALE": "100",  # tests make many accounts from one IP
         },
         env_file=None,
     )
@@ -104,6 +105,7 @@ def _live(data: Path, database_url: str, upstream: Upstream) -> Iterator[Live]:
             "KEYBROKER_PUBLIC_URL": BROKER,
             "KEYBROKER_UPSTREAM_URL": upstream.url,
             "KEYBROKER_UPSTREAM_TIMEOUT": "2",
+            "KEYBROKER_ABUSE_LIMIT_SCALE": "100",
         },
         env_file=None,
     )

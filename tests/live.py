@@ -71,7 +71,13 @@ def start_broker(
     data_dir.mkdir(parents=True, exist_ok=True)
     log_path = data_dir / "server.log"
     env = {k: v for k, v in os.environ.items() if not k.startswith("KEYBROKER_")}
-    env.update({"KEYBROKER_PUBLIC_URL": url, "KEYBROKER_DATA_DIR": str(data_dir)})
+    env.update(
+        {
+            "KEYBROKER_PUBLIC_URL": url,
+            "KEYBROKER_DATA_DIR": str(data_dir),
+            "KEYBROKER_ABUSE_LIMIT_SCALE": "100",
+        }
+    )
     env.update(extra_env or {})
     log = log_path.open("wb")
     process = subprocess.Popen(

@@ -46,6 +46,7 @@ class Settings:
     generated_secrets: bool = False
     pricing_file: Path | None = None
     trusted_proxies: str = ""
+    abuse_limit_scale: float = 1.0
 
     @property
     def production(self) -> bool:
@@ -161,6 +162,7 @@ def load_settings(
         generated_secrets=generated,
         pricing_file=Path(p) if (p := get("KEYBROKER_PRICING_FILE")) else None,
         trusted_proxies=get("KEYBROKER_TRUSTED_PROXIES") or "",
+        abuse_limit_scale=float(get("KEYBROKER_ABUSE_LIMIT_SCALE") or 1.0),
     )
 
 

@@ -15,6 +15,7 @@ from starlette.routing import Route
 from keybroker.context import get_context
 from keybroker.oauth.clients import web_origin
 from keybroker.oauth.server import HTTPInput, OAuthResult, metadata
+from keybroker.web import abuse
 from keybroker.web.forms import read_form
 from keybroker.web.http import HTTPProblem
 
@@ -48,7 +49,17 @@ async def _run(request: Request, endpoint: str) -> Response:
             )
         return Response(status_code=204, headers=headers)
     try:
+        await abuse.check(
+            ctx.proxy.limits,
+            abuse.TOKEN_PER_IP,
+            abuse.client_ip(request),
+            ctx.settings.abuse_limit_scale,
+        )
         form = await read_form(request, TOKEN_FORM_LIMIT)
+    except abuse.TooManyAttempts as exc:
+        response = _oauth_error(429, "slow_down", exc.message)
+        response.headers["retry-after"] = str(exc.retry_after)
+        return response
     except HTTPProblem as exc:
         return _oauth_error(exc.status, "invalid_request", exc.message)
     origin = request.headers.get("origin")

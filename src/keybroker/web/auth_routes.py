@@ -16,6 +16,7 @@ from keybroker.auth import accounts, passkeys
 from keybroker.auth.challenges import ChallengeError
 from keybroker.auth.csrf import is_cross_site
 from keybroker.context import Context, get_context
+from keybroker.web import abuse
 from keybroker.web.http import HTTPProblem, problem, read_json_object
 
 Handler = Callable[[Request], Awaitable[Response]]
@@ -31,8 +32,18 @@ def ceremony_endpoint(
         if is_cross_site(request, expected_origin=ctx.settings.origin, method=request.method):
             return problem(403, "Cross-site request refused.")
         try:
+            await abuse.check(
+                ctx.proxy.limits,
+                abuse.CEREMONY_PER_IP,
+                abuse.client_ip(request),
+                ctx.settings.abuse_limit_scale,
+            )
             body = await read_json_object(request)
             return await func(request, ctx, body)
+        except abuse.TooManyAttempts as exc:
+            response = problem(429, exc.message)
+            response.headers["retry-after"] = str(exc.retry_after)
+            return response
         except HTTPProblem as exc:
             return problem(exc.status, exc.message)
         except (ChallengeError, passkeys.PasskeyError) as exc:

@@ -43,7 +43,14 @@ def _input(request: Request, query: str) -> HTTPInput:
 
 
 def _validate(ctx: Context, given: HTTPInput) -> Any:
-    grant = ctx.oauth.get_consent_grant(given)
+    try:
+        grant = ctx.oauth.get_consent_grant(given)
+    except ValueError:
+        # authlib refuses to echo control characters in an error description (RFC 6749
+        # §4.1.2.1 limits them to %x20-21 / %x23-5B / %x5D-7E): so do we, plainly.
+        raise _invalid(
+            "The authorization request contains characters that are not allowed."
+        ) from None
     client: Client = grant.request.client
     mode = grant.request.payload.data.get("response_mode")
     if client.origin is not None and mode != "web_message":

@@ -10,6 +10,7 @@ from starlette.routing import Route
 from keybroker import provider_keys
 from keybroker.context import get_context
 from keybroker.grants import grants_of
+from keybroker.web import abuse
 from keybroker.web.forms import guard, read_form
 from keybroker.web.http import HTTPProblem, safe_next
 from keybroker.web.pages import render
@@ -51,6 +52,19 @@ async def save_key(request: Request) -> Response:
         return await key_page(request, error=message, status=exc.status)
     try:
         key = provider_keys.check_shape(form.get("key"))
+        # Checked before the upstream is asked: keybroker must not become a key tester.
+        await abuse.check(
+            ctx.proxy.limits,
+            abuse.KEY_CHECK_PER_ACCOUNT,
+            signed_in.user.id,
+            ctx.settings.abuse_limit_scale,
+        )
+        await abuse.check(
+            ctx.proxy.limits,
+            abuse.KEY_CHECK_PER_IP,
+            abuse.client_ip(request),
+            ctx.settings.abuse_limit_scale,
+        )
         await run_in_threadpool(
             provider_keys.validate_upstream,
             key,
@@ -61,6 +75,8 @@ async def save_key(request: Request) -> Response:
         return await key_page(
             request, error=exc.message, status=exc.status, next_url=form.get("next")
         )
+    except abuse.TooManyAttempts as exc:
+        return await key_page(request, error=exc.message, status=429, next_url=form.get("next"))
     await run_in_threadpool(
         lambda: provider_keys.save_key(ctx.engine, ctx.ring, user_id=signed_in.user.id, key=key)
     )
