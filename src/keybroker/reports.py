@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
+from typing import Any
 
-from sqlalchemy import Engine, func, select
+from sqlalchemy import Engine, Select, func, select
 from sqlmodel import Session, col
 
 from keybroker.models import AuditEvent, UsageRecord, utcnow
@@ -75,32 +76,31 @@ def daily(
     }
 
 
-def requests_page(engine: Engine, grant_id: str, page: int) -> tuple[list[UsageRecord], bool]:
+def _page_of(query: Select[Any], engine: Engine, page: int) -> tuple[list[Any], bool]:
+    """One page of ``query``'s rows, newest first, and whether an older page exists."""
     with Session(engine) as db:
-        rows = list(
-            db.execute(
-                select(UsageRecord)
-                .where(col(UsageRecord.grant_id) == grant_id)
-                .order_by(col(UsageRecord.id).desc())
-                .offset(page * PAGE)
-                .limit(PAGE + 1)
-            ).scalars()
-        )
+        rows = list(db.execute(query.offset(page * PAGE).limit(PAGE + 1)).scalars())
     return rows[:PAGE], len(rows) > PAGE
+
+
+def requests_page(engine: Engine, grant_id: str, page: int) -> tuple[list[UsageRecord], bool]:
+    return _page_of(
+        select(UsageRecord)
+        .where(col(UsageRecord.grant_id) == grant_id)
+        .order_by(col(UsageRecord.id).desc()),
+        engine,
+        page,
+    )
 
 
 def activity_page(engine: Engine, user_id: str, page: int) -> tuple[list[AuditEvent], bool]:
-    with Session(engine) as db:
-        rows = list(
-            db.execute(
-                select(AuditEvent)
-                .where(col(AuditEvent.user_id) == user_id)
-                .order_by(col(AuditEvent.id).desc())
-                .offset(page * PAGE)
-                .limit(PAGE + 1)
-            ).scalars()
-        )
-    return rows[:PAGE], len(rows) > PAGE
+    return _page_of(
+        select(AuditEvent)
+        .where(col(AuditEvent.user_id) == user_id)
+        .order_by(col(AuditEvent.id).desc()),
+        engine,
+        page,
+    )
 
 
 def spend_chart(days: list[Day], *, width: int = 300, height: int = 60) -> str:

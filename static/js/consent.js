@@ -18,16 +18,7 @@
     window.location.assign(result.location);
   }
 
-  async function post(url, body) {
-    const response = await fetch(url, {
-      method: "POST", credentials: "same-origin",
-      headers: { "content-type": "application/json" }, body: JSON.stringify(body || {}),
-    });
-    let data = {};
-    try { data = await response.json(); } catch (_) { /* not JSON */ }
-    if (!response.ok) throw new Error(data.error || `The server answered ${response.status}.`);
-    return data;
-  }
+  const post = (url, body) => window.kb.post(url, body);
 
   function choices(form) {
     const data = new FormData(form);

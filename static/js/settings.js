@@ -5,16 +5,7 @@
   // Messages go to the status and alert elements of the button's own section.
   const place = (button, role) => (button.closest("section, main") || document).querySelector(`[role="${role}"]`);
 
-  async function post(url, body) {
-    const response = await fetch(url, {
-      method: "POST", credentials: "same-origin",
-      headers: { "content-type": "application/json" }, body: JSON.stringify(body || {}),
-    });
-    let data = {};
-    try { data = await response.json(); } catch (_) { /* not JSON */ }
-    if (!response.ok) throw new Error(data.error || `The server answered ${response.status}.`);
-    return data;
-  }
+  const post = (url, body) => window.kb.post(url, body);
 
   document.addEventListener("click", async (event) => {
     const button = event.target.closest("button[data-confirm-action]");

@@ -27,6 +27,7 @@ from keybroker.oauth.clients import SCOPES, Client
 from keybroker.oauth.grants import Consent
 from keybroker.oauth.server import HTTPInput, OAuthResult, with_params
 from keybroker.web.confirm import verify_fresh_assertion
+from keybroker.web.forms import json_guard
 from keybroker.web.http import HTTPProblem, problem, read_json_object
 from keybroker.web.pages import render
 
@@ -155,13 +156,9 @@ def _error_page(
 
 async def decision(request: Request) -> Response:
     ctx = get_context(request)
-    from keybroker.auth.csrf import is_cross_site
-
-    if is_cross_site(request, expected_origin=ctx.settings.origin, method="POST"):
-        return problem(403, "Cross-site request refused.")
-    signed_in = await run_in_threadpool(ctx.sessions.current, request)
-    if signed_in is None:
-        return problem(401, "Your session ended. Sign in again.")
+    signed_in = await json_guard(request)
+    if isinstance(signed_in, Response):
+        return signed_in
     try:
         body = await read_json_object(request)
         query = body.get("query")

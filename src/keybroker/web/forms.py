@@ -12,7 +12,7 @@ from starlette.responses import PlainTextResponse, RedirectResponse, Response
 from keybroker.auth.csrf import is_cross_site
 from keybroker.auth.sessions import SignedIn
 from keybroker.context import get_context
-from keybroker.web.http import HTTPProblem, read_body
+from keybroker.web.http import HTTPProblem, problem, read_body
 
 FORM_LIMIT = 64 * 1024
 
@@ -42,4 +42,15 @@ async def guard(request: Request, login_next: str) -> SignedIn | Response:
     signed_in = await run_in_threadpool(ctx.sessions.current, request)
     if signed_in is None:
         return RedirectResponse(f"/signin?next={login_next}", status_code=303)
+    return signed_in
+
+
+async def json_guard(request: Request) -> SignedIn | Response:
+    """Like ``guard`` for JSON endpoints: the refusal is a JSON problem, not a redirect."""
+    ctx = get_context(request)
+    if is_cross_site(request, expected_origin=ctx.settings.origin, method=request.method):
+        return problem(403, "Cross-site request refused.")
+    signed_in = await run_in_threadpool(ctx.sessions.current, request)
+    if signed_in is None:
+        return problem(401, "Your session ended. Sign in again.")
     return signed_in

@@ -18,7 +18,7 @@ from keybroker.auth.sessions import SignedIn
 from keybroker.context import Context, get_context
 from keybroker.grants import ChoiceError, GrantNotFoundError
 from keybroker.web.confirm import verify_fresh_assertion
-from keybroker.web.forms import guard, read_form
+from keybroker.web.forms import guard, json_guard, read_form
 from keybroker.web.http import HTTPProblem, problem, read_json_object
 from keybroker.web.pages import render
 
@@ -134,13 +134,9 @@ def confirmed_action(action: ConfirmedAction) -> Callable[[Request], Awaitable[R
 
     async def endpoint(request: Request) -> Response:
         ctx = get_context(request)
-        from keybroker.auth.csrf import is_cross_site
-
-        if is_cross_site(request, expected_origin=ctx.settings.origin, method="POST"):
-            return problem(403, "Cross-site request refused.")
-        signed_in = await run_in_threadpool(ctx.sessions.current, request)
-        if signed_in is None:
-            return problem(401, "Your session ended. Sign in again.")
+        signed_in = await json_guard(request)
+        if isinstance(signed_in, Response):
+            return signed_in
         try:
             body = await read_json_object(request)
             await verify_fresh_assertion(ctx, signed_in.user.id, body)
