@@ -16,7 +16,7 @@ from sqlmodel import Session, col
 
 from keybroker.crypto.keyring import KeyRing, UnknownKidError
 from keybroker.crypto.vault import SealedRecordError
-from keybroker.models import VaultEntry
+from keybroker.models import Grant, VaultEntry
 from keybroker.provider_keys import binding
 
 BATCH = 100
@@ -27,6 +27,7 @@ class SealedTable:
     label: str
     model: Any
     rewrap: Callable[[Any, KeyRing], str]
+    column: str
 
 
 @dataclass
@@ -42,7 +43,18 @@ def _rewrap_vault(row: VaultEntry, ring: KeyRing) -> str:
     return vault.rewrap(row.sealed, ring, expected_binding=binding(row.user_id))
 
 
-TABLES: list[SealedTable] = [SealedTable("vault entries", VaultEntry, _rewrap_vault)]
+def _rewrap_grant_copy(row: Grant, ring: KeyRing) -> str:
+    from keybroker.crypto.tokens import rewrap_grant_copy
+
+    assert row.sealed_copy is not None
+    return rewrap_grant_copy(row.sealed_copy, row.id, ring)
+
+
+TABLES: list[SealedTable] = [
+    SealedTable("vault entries", VaultEntry, _rewrap_vault, "sealed"),
+    # Revoked grants have no copy (kid NULL) and are skipped.
+    SealedTable("grant copies", Grant, _rewrap_grant_copy, "sealed_copy"),
+]
 
 
 def rewrap_all(
@@ -58,7 +70,7 @@ def rewrap_all(
                 rows = list(
                     db.execute(
                         select(model)
-                        .where(col(model.id) > last_id)
+                        .where(col(model.id) > last_id, col(model.kid).is_not(None))
                         .order_by(col(model.id))
                         .limit(BATCH)
                     ).scalars()
@@ -71,7 +83,7 @@ def rewrap_all(
                         current += 1
                         continue
                     try:
-                        row.sealed = table.rewrap(row, ring)
+                        setattr(row, table.column, table.rewrap(row, ring))
                     except (UnknownKidError, SealedRecordError) as exc:
                         report.failed.append(f"{table.label} {row.id}: {exc}")
                         continue

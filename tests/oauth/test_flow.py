@@ -383,3 +383,22 @@ def test_no_key_asks_for_one(client: TestClient) -> None:
     page = client.get(f"/authorize?{authorize_query(APP, challenge)}")
     assert "OpenAI API key" in page.text
     assert "Save key" in page.text
+
+
+def test_rewrap_moves_grant_copies_and_tokens_keep_working(
+    client: TestClient, owner: SoftAuthenticator
+) -> None:
+    from keybroker.crypto.keyring import KeyRing
+    from keybroker.rotation import rewrap_all
+
+    ctx = get_context(client)
+    token = tokens.parse_token(grant_token(client, owner)["access_token"])
+    rotated, _ = ctx.ring.rotated()
+    report = rewrap_all(ctx.engine, rotated)
+    assert report.rewrapped == {"vault entries": 1, "grant copies": 1}
+    assert not report.failed
+    only_new = KeyRing.parse(rotated.serialize().split(",")[0])
+    grant = get_grant(ctx.engine, token.grant_id)
+    assert grant is not None
+    assert grant.sealed_copy is not None
+    assert tokens.open_grant_copy(grant.sealed_copy, token, only_new) == GOOD_KEY
