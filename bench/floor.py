@@ -33,10 +33,13 @@ def build(upstream: str) -> web.Application:
                 status=upstream_response.status,
                 headers={"content-type": upstream_response.headers.get("content-type", "")},
             )
-            await response.prepare(request)
-            async for data in upstream_response.content.iter_any():
-                await response.write(data)
-            await response.write_eof()
+            try:
+                await response.prepare(request)
+                async for data in upstream_response.content.iter_any():
+                    await response.write(data)
+                await response.write_eof()
+            except (ConnectionResetError, aiohttp.ClientConnectionResetError):
+                pass  # wrk closes its connections at the end of a run
             return response
 
     app = web.Application()

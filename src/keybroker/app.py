@@ -15,7 +15,7 @@ from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 from starlette.types import Message, Receive, Scope, Send
 
-from keybroker import db
+from keybroker import db, metrics
 from keybroker.auth.challenges import ChallengeStore, DatabaseChallengeStore
 from keybroker.auth.passkeys import RelyingParty
 from keybroker.auth.sessions import SessionManager
@@ -154,6 +154,7 @@ def create_app(settings: Settings, *, migrate: bool | None = None) -> KeybrokerA
             *confirm.routes,
             *oauth_endpoints.routes,
             *grant_info.routes,
+            *metrics.routes,
             Mount("/static", StaticFiles(directory=resource_dir("static")), name="static"),
             # The SDK is loaded by other origins (ES module imports need CORS).
             Mount("/sdk", CrossOriginStatic(resource_dir("static") / "sdk"), name="sdk"),

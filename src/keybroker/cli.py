@@ -152,6 +152,15 @@ def cmd_doctor(settings: Settings, args: argparse.Namespace) -> int:
     except Exception as exc:  # doctor reports every failure rather than stopping
         ok = False
         print(f"database: NOT reachable ({type(exc).__name__})")
+    if settings.redis_url:
+        try:
+            import redis
+
+            redis.Redis.from_url(settings.redis_url, socket_connect_timeout=3).ping()
+            print("redis: reachable")
+        except Exception as exc:  # doctor reports every failure rather than stopping
+            ok = False
+            print(f"redis: NOT reachable ({type(exc).__name__})")
     try:
         response = httpx.get(f"{settings.upstream_url}/models", timeout=5)
         print(f"upstream: reachable (GET /models without a key answered {response.status_code})")

@@ -272,3 +272,14 @@ def test_grant_info(live: Live) -> None:
     assert info["spent_this_month_usd"] == pytest.approx(6e-6)
     assert info["remaining_budget_usd"] == pytest.approx(3 - 6e-6)
     assert httpx.get(f"{live.url}/api/grant").status_code == 401
+
+
+def test_metrics_count_proxied_requests(live: Live) -> None:
+    token = live.grant()
+    httpx.post(
+        f"{live.url}/v1/chat/completions", json=CHAT, headers={"authorization": f"Bearer {token}"}
+    )
+    text = httpx.get(f"{live.url}/metrics").text
+    assert 'keybroker_proxy_responses_total{status="200"}' in text
+    assert "keybroker_usage_queue_length" in text
+    assert token not in text

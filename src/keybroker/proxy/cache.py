@@ -24,6 +24,10 @@ class GrantCache:
     def close(self) -> None:
         GRANT_CHANGES.unsubscribe(self.invalidate)
 
+    @property
+    def size(self) -> int:
+        return len(self._entries)
+
     def invalidate(self, grant_id: str) -> None:
         self._entries.pop(grant_id, None)
 

@@ -28,6 +28,7 @@ from keybroker.proxy.bodies import BodyError, add_include_usage, json_fields, mu
 from keybroker.proxy.cache import GrantCache
 from keybroker.proxy.limits import Limits, LimitsUnavailable
 from keybroker.proxy.paths import UnsafePathError, api_path, scope_for
+from keybroker.proxy.stats import ProxyMetrics
 from keybroker.proxy.upstream import Upstream, response_headers, upstream_request_headers
 from keybroker.proxy.usage import (
     Finished,
@@ -99,6 +100,7 @@ class ProxyApp:
         self.limits = limits
         self.recorder = recorder
         self.upstream = upstream
+        self.metrics = ProxyMetrics()
 
     async def authenticate(self, authorization: bytes) -> tuple[tokens.AppToken, GrantView] | None:
         if not authorization.startswith(b"Bearer "):
@@ -391,6 +393,8 @@ class ProxyApp:
                 response.release()  # back to the pool for the next request (keep-alive)
             if seen.reported is False and interrupted:
                 seen.output_tokens = seen.deltas  # an estimate: about one token per delta
+            latency_ms = int((time.perf_counter() - started) * 1000)
+            self.metrics.observe(status, latency_ms)
             await self.recorder.record(
                 Finished(
                     grant_id=grant.id,
@@ -401,7 +405,7 @@ class ProxyApp:
                     status=status,
                     input_tokens=seen.input_tokens,
                     output_tokens=seen.output_tokens,
-                    latency_ms=int((time.perf_counter() - started) * 1000),
+                    latency_ms=latency_ms,
                     interrupted=interrupted,
                     at=utcnow(),
                 )

@@ -121,6 +121,11 @@ class Recorder:
         self.prices = prices
         self._queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
+        self.write_errors = 0
+
+    @property
+    def pending(self) -> int:
+        return self._queue.qsize()
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="usage-recorder")
@@ -165,6 +170,7 @@ class Recorder:
             try:
                 await run_in_threadpool(self._write, rows)
             except Exception:
+                self.write_errors += 1
                 # A failed write must not stop recording; the rows are logged (no bodies).
                 logger.exception("could not record usage for %d request(s)", len(rows))
             finally:
