@@ -13,6 +13,7 @@ from tests.conftest import fresh_postgres
 
 TABLES = {
     "users",
+    "key_slots",
     "passkeys",
     "sessions",
     "challenges",

@@ -77,8 +77,14 @@ class VaultEntry(SQLModel, table=True):
     id: str = Field(default_factory=new_id, primary_key=True, max_length=32)
     user_id: str = Field(sa_column=_user_fk())
     provider: str = Field(default="openai", max_length=32)
-    sealed: str = Field(max_length=4000)
-    kid: str = Field(max_length=32, index=True)
+    # Format 1: ``sealed`` is the key under a master key. Format 2 (key slots): ``content`` is
+    # the key under a random content key, and ``sealed`` is the master slot (that content key
+    # under a master key), NULL in strict custody where only passkey slots can open it.
+    format: int = Field(default=2)
+    content: str | None = Field(default=None, max_length=4000)
+    sealed: str | None = Field(default=None, max_length=4000)
+    kid: str | None = Field(default=None, max_length=32, index=True)
+    strict: bool = False
     hint: str = Field(max_length=32)
     created_at: datetime = Field(default_factory=utcnow)
     updated_at: datetime = Field(default_factory=utcnow)
@@ -164,3 +170,18 @@ class UsageRecord(SQLModel, table=True):
     latency_ms: int = 0
     unknown_model: bool = False
     interrupted: bool = False
+
+
+class KeySlot(SQLModel, table=True):
+    """The vault's content key wrapped by a key derived from one passkey's PRF output."""
+
+    __tablename__ = "key_slots"
+    id: str = Field(default_factory=new_id, primary_key=True, max_length=32)
+    user_id: str = Field(sa_column=_user_fk())
+    passkey_id: str = Field(
+        sa_column=Column(
+            String(32), ForeignKey("passkeys.id", ondelete="CASCADE"), nullable=False, unique=True
+        )
+    )
+    wrapped: str = Field(max_length=2000)
+    created_at: datetime = Field(default_factory=utcnow)

@@ -7,16 +7,19 @@ the seal; it is never logged, rendered (only ``sk-...abcd``) or put in an error 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+import secrets
+from dataclasses import dataclass, field
 
 import httpx
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from sqlalchemy import Engine, Select, select
 from sqlmodel import Session, col
 
 from keybroker.auth.accounts import audit
 from keybroker.crypto import vault
 from keybroker.crypto.keyring import KeyRing
-from keybroker.models import VaultEntry, utcnow
+from keybroker.models import KeySlot, VaultEntry, utcnow
 
 PROVIDER = "openai"
 MAX_KEY_LENGTH = 512
@@ -40,6 +43,52 @@ class StoredKey:
     kid: str
     created_at: str
     updated_at: str
+    strict: bool = False
+
+
+@dataclass(frozen=True)
+class PrfProof:
+    """A passkey's PRF output from a ceremony just verified: used, never stored."""
+
+    passkey_id: str
+    credential_id: str
+    output: bytes = field(repr=False)
+
+
+class VaultLockedError(Exception):
+    message = (
+        "Your key is in strict custody and this passkey has no key slot: confirm with "
+        "a passkey that has one."
+    )
+
+
+class CustodyError(ValueError):
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+def content_binding(user_id: str) -> vault.Binding:
+    return vault.Binding(subject=user_id, purpose=f"vault.{PROVIDER}.content")
+
+
+def master_slot(user_id: str) -> vault.Binding:
+    return vault.Binding(subject=user_id, purpose=f"vault.{PROVIDER}.master-slot")
+
+
+def passkey_slot(passkey_id: str) -> vault.Binding:
+    return vault.Binding(subject=passkey_id, purpose=f"vault.{PROVIDER}.passkey-slot")
+
+
+def slot_key(proof: PrfProof) -> bytes:
+    # The PRF output is already a secret per credential and salt; HKDF (RFC 5869) binds the
+    # wrapping key to the credential and to this use.
+    return HKDF(
+        algorithm=hashes.SHA256(),
+        length=32,
+        salt=proof.credential_id.encode(),
+        info=b"keybroker passkey slot v1",
+    ).derive(proof.output)
 
 
 def binding(user_id: str) -> vault.Binding:
@@ -132,9 +181,10 @@ def stored_key(engine: Engine, user_id: str) -> StoredKey | None:
         return None
     return StoredKey(
         hint=row.hint,
-        kid=row.kid,
+        kid=row.kid or "",
         created_at=row.created_at.strftime("%Y-%m-%d %H:%M UTC"),
         updated_at=row.updated_at.strftime("%Y-%m-%d %H:%M UTC"),
+        strict=row.strict,
     )
 
 
@@ -149,39 +199,171 @@ def _entry(engine: Engine, user_id: str) -> VaultEntry | None:
         return db.execute(_query(user_id)).scalar_one_or_none()
 
 
+def _content_key(db: Session, row: VaultEntry, ring: KeyRing, proof: PrfProof | None) -> bytes:
+    """The vault's content key, through the master slot or the given passkey's slot."""
+    if row.sealed is not None:
+        return vault.open_sealed(row.sealed, ring, expected_binding=master_slot(row.user_id))
+    if proof is not None:
+        slot = db.execute(
+            select(KeySlot).where(
+                col(KeySlot.passkey_id) == proof.passkey_id, col(KeySlot.user_id) == row.user_id
+            )
+        ).scalar_one_or_none()
+        if slot is not None:
+            return vault.open_direct(
+                slot.wrapped, slot_key(proof), expected_binding=passkey_slot(proof.passkey_id)
+            )
+    raise VaultLockedError()
+
+
+def _upgrade(row: VaultEntry, ring: KeyRing) -> None:
+    """Format 1 (key under a master key) to format 2 (content key + master slot)."""
+    if row.format != 1 or row.sealed is None:
+        return
+    key = vault.open_sealed(row.sealed, ring, expected_binding=binding(row.user_id))
+    cek = secrets.token_bytes(32)
+    row.content = vault.seal_direct(key, cek, binding=content_binding(row.user_id))
+    row.sealed = vault.seal(cek, ring, binding=master_slot(row.user_id))
+    row.kid, row.format = ring.active_kid, 2
+
+
 def save_key(engine: Engine, ring: KeyRing, *, user_id: str, key: str) -> bool:
-    """Seal and keep a validated key; returns True when it replaced an earlier one."""
-    sealed = vault.seal(key.encode(), ring, binding=binding(user_id))
+    """Seal and keep a validated key; returns True when it replaced an earlier one.
+
+    A replacement keeps the content key, so existing passkey slots keep opening the vault.
+    """
     with Session(engine) as db:
         row = db.execute(_query(user_id)).scalar_one_or_none()
         replaced = row is not None
         if row is None:
+            cek = secrets.token_bytes(32)
             row = VaultEntry(
                 user_id=user_id,
                 provider=PROVIDER,
-                sealed=sealed,
-                kid=ring.active_kid,
+                format=2,
                 hint=mask(key),
+                sealed=vault.seal(cek, ring, binding=master_slot(user_id)),
+                kid=ring.active_kid,
             )
         else:
-            row.sealed, row.kid, row.hint, row.updated_at = (
-                sealed,
-                ring.active_kid,
-                mask(key),
-                utcnow(),
-            )
+            if row.strict:
+                raise KeyRejectedError(
+                    "Your key is in strict custody: only your passkeys can open it. Switch to "
+                    "master-key custody in settings to replace it, then switch back.",
+                    status=409,
+                )
+            _upgrade(row, ring)
+            cek = _content_key(db, row, ring, None)
+            row.hint, row.updated_at = mask(key), utcnow()
+        row.content = vault.seal_direct(key.encode(), cek, binding=content_binding(user_id))
         db.add(row)
         audit(db, user_id, "key.replaced" if replaced else "key.saved", mask(key))
         db.commit()
     return replaced
 
 
-def open_key(engine: Engine, ring: KeyRing, user_id: str) -> str | None:
+def open_key(
+    engine: Engine, ring: KeyRing, user_id: str, proof: PrfProof | None = None
+) -> str | None:
     """The plain key, for re-sealing into a grant copy while the owner is present."""
-    row = _entry(engine, user_id)
-    if row is None:
-        return None
-    return vault.open_sealed(row.sealed, ring, expected_binding=binding(user_id)).decode()
+    with Session(engine) as db:
+        row = db.execute(_query(user_id)).scalar_one_or_none()
+        if row is None:
+            return None
+        if row.format == 1:
+            assert row.sealed is not None
+            return vault.open_sealed(row.sealed, ring, expected_binding=binding(user_id)).decode()
+        assert row.content is not None
+        cek = _content_key(db, row, ring, proof)
+        return vault.open_direct(
+            row.content, cek, expected_binding=content_binding(user_id)
+        ).decode()
+
+
+def add_slot(
+    engine: Engine, ring: KeyRing, user_id: str, new: PrfProof, opener: PrfProof | None = None
+) -> bool:
+    """Wrap the content key for ``new``'s passkey; ``opener`` opens it in strict custody.
+
+    Returns True when a slot was added; raises VaultLockedError when nothing opens the vault.
+    """
+    with Session(engine) as db:
+        row = db.execute(_query(user_id)).scalar_one_or_none()
+        if row is None:
+            return False
+        exists = db.execute(
+            select(KeySlot).where(col(KeySlot.passkey_id) == new.passkey_id)
+        ).scalar_one_or_none()
+        if exists is not None:
+            return False
+        _upgrade(row, ring)
+        cek = _content_key(db, row, ring, opener or new)
+        db.add(row)
+        db.add(
+            KeySlot(
+                user_id=user_id,
+                passkey_id=new.passkey_id,
+                wrapped=vault.seal_direct(cek, slot_key(new), binding=passkey_slot(new.passkey_id)),
+            )
+        )
+        audit(db, user_id, "key.slot_added", new.passkey_id)
+        db.commit()
+    return True
+
+
+def slotted_passkeys(engine: Engine, user_id: str) -> set[str]:
+    with Session(engine) as db:
+        return set(
+            db.execute(
+                select(col(KeySlot.passkey_id)).where(col(KeySlot.user_id) == user_id)
+            ).scalars()
+        )
+
+
+def set_custody(
+    engine: Engine, ring: KeyRing, user_id: str, *, strict: bool, proof: PrfProof | None
+) -> None:
+    """Strict custody drops the master slot; master-key custody puts it back."""
+    from keybroker.models import Passkey
+
+    with Session(engine) as db:
+        row = db.execute(_query(user_id)).scalar_one_or_none()
+        if row is None:
+            raise CustodyError("There is no key to protect yet. Save your OpenAI key first.")
+        if strict == row.strict:
+            return
+        if strict:
+            passkeys = list(
+                db.execute(select(Passkey).where(col(Passkey.user_id) == user_id)).scalars()
+            )
+            slotted = set(
+                db.execute(
+                    select(col(KeySlot.passkey_id)).where(col(KeySlot.user_id) == user_id)
+                ).scalars()
+            )
+            without_prf = [p.name for p in passkeys if not p.prf_supported]
+            if without_prf:
+                raise CustodyError(
+                    "Strict custody needs every passkey to support the PRF extension, and "
+                    f"these do not: {', '.join(without_prf)}. Remove them or keep master-key "
+                    "custody."
+                )
+            unslotted = [p.name for p in passkeys if p.id not in slotted]
+            if unslotted:
+                raise CustodyError(
+                    "These passkeys have no key slot yet; confirm once with each of them "
+                    f"(for example by allowing an app) first: {', '.join(unslotted)}."
+                )
+            _upgrade(row, ring)
+            row.sealed, row.kid, row.strict = None, None, True
+            audit(db, user_id, "key.custody_strict")
+        else:
+            cek = _content_key(db, row, ring, proof)
+            row.sealed = vault.seal(cek, ring, binding=master_slot(user_id))
+            row.kid, row.strict = ring.active_kid, False
+            audit(db, user_id, "key.custody_master")
+        db.add(row)
+        db.commit()
 
 
 def delete_key(engine: Engine, user_id: str) -> bool:

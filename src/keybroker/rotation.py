@@ -17,7 +17,7 @@ from sqlmodel import Session, col
 from keybroker.crypto.keyring import KeyRing, UnknownKidError
 from keybroker.crypto.vault import SealedRecordError
 from keybroker.models import Grant, VaultEntry
-from keybroker.provider_keys import binding
+from keybroker.provider_keys import binding, master_slot
 
 BATCH = 100
 
@@ -40,7 +40,10 @@ class RewrapReport:
 def _rewrap_vault(row: VaultEntry, ring: KeyRing) -> str:
     from keybroker.crypto import vault
 
-    return vault.rewrap(row.sealed, ring, expected_binding=binding(row.user_id))
+    assert row.sealed is not None  # rows without a master slot (strict custody) are skipped
+    if row.format == 1:
+        return vault.rewrap(row.sealed, ring, expected_binding=binding(row.user_id))
+    return vault.rewrap(row.sealed, ring, expected_binding=master_slot(row.user_id))
 
 
 def _rewrap_grant_copy(row: Grant, ring: KeyRing) -> str:

@@ -35,12 +35,22 @@
     },
     async add() {
       const start = await post("/auth/passkeys/options");
+      let confirm;
+      if (start.confirm) {
+        // Strict custody: an existing passkey opens the vault so the new one gets a key slot.
+        const first = await post("/auth/confirm/options");
+        status("First confirm with a passkey you already have…");
+        const existing = await navigator.credentials.get({
+          publicKey: PublicKeyCredential.parseRequestOptionsFromJSON(first.publicKey) });
+        confirm = { ceremony: first.ceremony, credential: existing.toJSON() };
+      }
       const publicKey = PublicKeyCredential.parseCreationOptionsFromJSON(start.publicKey);
       status("Follow your device's prompt to create the new passkey…");
       const credential = await navigator.credentials.create({ publicKey });
       const nameInput = document.getElementById("passkey-name");
       await post("/auth/passkeys/verify", {
         ceremony: start.ceremony, credential: credential.toJSON(), name: nameInput ? nameInput.value : "",
+        confirm,
       });
     },
   };

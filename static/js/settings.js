@@ -20,8 +20,9 @@
       say(status, "Confirm with your passkey…");
       const publicKey = PublicKeyCredential.parseRequestOptionsFromJSON(start.publicKey);
       const credential = await navigator.credentials.get({ publicKey });
+      const extra = button.dataset.confirmBody ? JSON.parse(button.dataset.confirmBody) : {};
       const done = await post(button.dataset.confirmAction,
-        { ceremony: start.ceremony, credential: credential.toJSON() });
+        { ...extra, ceremony: start.ceremony, credential: credential.toJSON() });
       window.location.assign(done.redirect || "/settings");
     } catch (error) {
       say(status, "");

@@ -43,7 +43,7 @@ def test_paste_mask_replace_delete_and_no_leak(window: Window, broker: LiveBroke
     expect(page.locator(".key-hint")).to_have_text(f"sk-...{SECOND[-4:]}")
 
     page.goto(f"{broker.url}/settings")
-    expect(page.locator("#key strong")).to_have_text(f"sk-...{SECOND[-4:]}")
+    expect(page.locator("#key .key-hint")).to_have_text(f"sk-...{SECOND[-4:]}")
     pages.append(page.content())
 
     # Leak check while the key is stored: database files, logs, every HTML page seen.

@@ -21,6 +21,7 @@ from tests.upstream import Upstream, serve_in_thread
 KEY = "sk-test-settings-" + "S" * 32
 TABLES = [
     "users",
+    "key_slots",
     "passkeys",
     "sessions",
     "vault_entries",

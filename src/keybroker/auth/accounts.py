@@ -15,7 +15,7 @@ def audit(db: Session, user_id: str, action: str, detail: str = "") -> None:
     db.add(AuditEvent(user_id=user_id, action=action, detail=detail[:500]))
 
 
-def _passkey_row(user_id: str, cred: NewCredential, name: str) -> Passkey:
+def _passkey_row(user_id: str, cred: NewCredential, name: str, prf: bool = False) -> Passkey:
     return Passkey(
         user_id=user_id,
         credential_id=cred.credential_id,
@@ -25,26 +25,31 @@ def _passkey_row(user_id: str, cred: NewCredential, name: str) -> Passkey:
         aaguid=cred.aaguid,
         device_type=cred.device_type,
         backed_up=cred.backed_up,
+        prf_supported=prf,
         name=name[:100],
         last_used_at=utcnow(),
     )
 
 
-def create_account(engine: Engine, *, handle: str, name: str, cred: NewCredential) -> User:
+def create_account(
+    engine: Engine, *, handle: str, name: str, cred: NewCredential, prf: bool = False
+) -> User:
     with Session(engine, expire_on_commit=False) as db:
         user = User(webauthn_handle=handle, name=name)
         db.add(user)
         db.flush()
-        db.add(_passkey_row(user.id, cred, "First passkey"))
+        db.add(_passkey_row(user.id, cred, "First passkey", prf))
         audit(db, user.id, "account.created")
         audit(db, user.id, "passkey.added", "First passkey")
         db.commit()
         return user
 
 
-def add_passkey(engine: Engine, *, user_id: str, cred: NewCredential, name: str) -> Passkey:
+def add_passkey(
+    engine: Engine, *, user_id: str, cred: NewCredential, name: str, prf: bool = False
+) -> Passkey:
     with Session(engine, expire_on_commit=False) as db:
-        row = _passkey_row(user_id, cred, name)
+        row = _passkey_row(user_id, cred, name, prf)
         db.add(row)
         audit(db, user_id, "passkey.added", name)
         db.commit()
@@ -72,7 +77,12 @@ def stored_credential(passkey: Passkey, user: User) -> StoredCredential:
 
 
 def record_sign_in(
-    engine: Engine, passkey_id: str, assertion: Assertion, *, action: str = "signed_in"
+    engine: Engine,
+    passkey_id: str,
+    assertion: Assertion,
+    *,
+    action: str = "signed_in",
+    prf: bool = False,
 ) -> None:
     with Session(engine) as db:
         row = db.get(Passkey, passkey_id)
@@ -80,6 +90,7 @@ def record_sign_in(
             return
         row.sign_count = assertion.new_sign_count
         row.backed_up = assertion.backed_up
+        row.prf_supported = row.prf_supported or prf
         row.last_used_at = utcnow()
         db.add(row)
         audit(db, row.user_id, action, row.name)

@@ -6,6 +6,7 @@ show. User verification is always required (W3C WebAuthn §7.1 step 15, §7.2 st
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass
 from typing import Any
@@ -17,7 +18,11 @@ from webauthn import (
     verify_authentication_response,
     verify_registration_response,
 )
-from webauthn.helpers import bytes_to_base64url, parse_authentication_credential_json
+from webauthn.helpers import (
+    base64url_to_bytes,
+    bytes_to_base64url,
+    parse_authentication_credential_json,
+)
 from webauthn.helpers.exceptions import WebAuthnException
 from webauthn.helpers.structs import (
     AuthenticatorSelectionCriteria,
@@ -94,6 +99,34 @@ class Assertion:
     backed_up: bool
 
 
+def prf_salt(user_handle: bytes) -> bytes:
+    """The account's fixed PRF salt (W3C WebAuthn §10.1.4): derived, so nothing to store."""
+    return hashlib.sha256(b"keybroker prf salt v1" + user_handle).digest()
+
+
+def prf_outputs(credential: object) -> tuple[bool, bytes | None]:
+    """Whether the authenticator has PRF, and its first output if it evaluated one.
+
+    The output comes from the client (the browser decrypts hmac-secret); a wrong one only
+    fails to open a slot, it cannot open anything else.
+    """
+    if not isinstance(credential, dict):
+        return False, None
+    prf = (credential.get("clientExtensionResults") or {}).get("prf")
+    if not isinstance(prf, dict):
+        return False, None
+    first = (prf.get("results") or {}).get("first")
+    output = None
+    if isinstance(first, str):
+        try:
+            output = base64url_to_bytes(first)
+        except ValueError:
+            output = None
+        if output is not None and len(output) != 32:
+            output = None
+    return bool(prf.get("enabled")) or output is not None, output
+
+
 def registration_options(
     rp: RelyingParty,
     *,
@@ -118,6 +151,9 @@ def registration_options(
         exclude_credentials=[PublicKeyCredentialDescriptor(id=c) for c in exclude_credential_ids],
     )
     result: dict[str, Any] = json.loads(options_to_json(options))
+    # PRF evaluated at creation where the authenticator can (hmac-secret-mc), so a new
+    # passkey can get its key slot at once.
+    result["extensions"] = {"prf": {"eval": {"first": bytes_to_base64url(prf_salt(user_handle))}}}
     return result
 
 

@@ -12,6 +12,7 @@ from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import Route
 from webauthn.helpers import base64url_to_bytes, bytes_to_base64url
 
+from keybroker import provider_keys
 from keybroker.auth import accounts, passkeys
 from keybroker.auth.challenges import ChallengeError
 from keybroker.auth.csrf import is_cross_site
@@ -84,9 +85,14 @@ async def register_verify(request: Request, ctx: Context, body: dict[str, Any]) 
     )
     if await run_in_threadpool(accounts.find_credential, ctx.engine, cred.credential_id):
         raise HTTPProblem(409, "This passkey is already registered. Sign in with it instead.")
+    prf, _ = passkeys.prf_outputs(body.get("credential"))
     user = await run_in_threadpool(
         lambda: accounts.create_account(
-            ctx.engine, handle=handle, name=f"keybroker account {handle[:6]}", cred=cred
+            ctx.engine,
+            handle=handle,
+            name=f"keybroker account {handle[:6]}",
+            cred=cred,
+            prf=prf,
         )
     )
     response = JSONResponse({"ok": True})
@@ -136,7 +142,12 @@ async def add_options(request: Request, ctx: Context, body: dict[str, Any]) -> R
         user_name=signed_in.user.name,
         exclude_credential_ids=[base64url_to_bytes(p.credential_id) for p in existing],
     )
-    return JSONResponse({"ceremony": issued.id, "publicKey": options})
+    stored = await run_in_threadpool(provider_keys.stored_key, ctx.engine, signed_in.user.id)
+    # In strict custody a new passkey's slot can only be made with an existing passkey's
+    # PRF output: the page confirms with one first (``confirm``).
+    return JSONResponse(
+        {"ceremony": issued.id, "publicKey": options, "confirm": bool(stored and stored.strict)}
+    )
 
 
 @ceremony_endpoint
@@ -152,11 +163,28 @@ async def add_verify(request: Request, ctx: Context, body: dict[str, Any]) -> Re
     )
     if await run_in_threadpool(accounts.find_credential, ctx.engine, cred.credential_id):
         raise HTTPProblem(409, "This passkey is already registered.")
+    opener = None
+    if isinstance(body.get("confirm"), dict):
+        from keybroker.web.confirm import verify_fresh_assertion
+
+        opener = await verify_fresh_assertion(ctx, signed_in.user.id, body["confirm"])
     name = str(body.get("name") or "").strip()[:100] or "Passkey"
-    await run_in_threadpool(
-        lambda: accounts.add_passkey(ctx.engine, user_id=signed_in.user.id, cred=cred, name=name)
+    prf, output = passkeys.prf_outputs(body.get("credential"))
+    row = await run_in_threadpool(
+        lambda: accounts.add_passkey(
+            ctx.engine, user_id=signed_in.user.id, cred=cred, name=name, prf=prf
+        )
     )
-    return JSONResponse({"ok": True})
+    slotted = False
+    if output is not None:
+        proof = provider_keys.PrfProof(row.id, row.credential_id, output)
+        try:
+            slotted = await run_in_threadpool(
+                provider_keys.add_slot, ctx.engine, ctx.ring, signed_in.user.id, proof, opener
+            )
+        except provider_keys.VaultLockedError:
+            slotted = False
+    return JSONResponse({"ok": True, "key_slot": slotted})
 
 
 async def sign_out(request: Request) -> Response:

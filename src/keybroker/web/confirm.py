@@ -13,9 +13,11 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
+from webauthn.helpers import base64url_to_bytes, bytes_to_base64url
 
 from keybroker.auth import accounts, passkeys
 from keybroker.context import Context
+from keybroker.provider_keys import PrfProof
 from keybroker.web.auth_routes import ceremony_endpoint
 from keybroker.web.http import HTTPProblem
 
@@ -31,11 +33,19 @@ async def confirm_options(request: Request, ctx: Context, body: dict[str, Any]) 
     issued = await run_in_threadpool(ctx.challenges.issue, PURPOSE, signed_in.user.id)
     options = passkeys.authentication_options(ctx.rp, challenge=issued.challenge)
     options["allowCredentials"] = [{"type": "public-key", "id": p.credential_id} for p in mine]
+    # Each passkey evaluates the account's PRF salt: its output opens that passkey's key slot.
+    salt = bytes_to_base64url(passkeys.prf_salt(base64url_to_bytes(signed_in.user.webauthn_handle)))
+    options["extensions"] = {
+        "prf": {"evalByCredential": {p.credential_id: {"first": salt} for p in mine}}
+    }
     return JSONResponse({"ceremony": issued.id, "publicKey": options})
 
 
-async def verify_fresh_assertion(ctx: Context, user_id: str, body: dict[str, Any]) -> None:
-    """Raise unless ``body`` carries a new assertion by one of ``user_id``'s passkeys."""
+async def verify_fresh_assertion(
+    ctx: Context, user_id: str, body: dict[str, Any]
+) -> PrfProof | None:
+    """Raise unless ``body`` carries a new assertion by one of ``user_id``'s passkeys; return
+    that passkey's PRF output when the authenticator gave one."""
     ceremony = body.get("ceremony")
     if not isinstance(ceremony, str) or len(ceremony) > 64:
         raise HTTPProblem(400, "Confirm with your passkey first.")
@@ -54,9 +64,13 @@ async def verify_fresh_assertion(ctx: Context, user_id: str, body: dict[str, Any
         expected_challenge=issued.challenge,
         stored=accounts.stored_credential(passkey, user),
     )
+    _, output = passkeys.prf_outputs(credential)
     await run_in_threadpool(
-        accounts.record_sign_in, ctx.engine, passkey.id, assertion, action="passkey.confirmed"
+        lambda: accounts.record_sign_in(
+            ctx.engine, passkey.id, assertion, action="passkey.confirmed", prf=output is not None
+        )
     )
+    return None if output is None else PrfProof(passkey.id, passkey.credential_id, output)
 
 
 routes = [Route("/auth/confirm/options", confirm_options, methods=["POST"])]

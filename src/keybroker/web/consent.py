@@ -180,10 +180,15 @@ async def decision(request: Request) -> Response:
             choices = grant_store.choices_from_form(
                 {k: str(v) for k, v in fields.items() if k != "scopes"}, picked
             )
-            await verify_fresh_assertion(ctx, signed_in.user.id, body)
+            proof = await verify_fresh_assertion(ctx, signed_in.user.id, body)
             key = await run_in_threadpool(
-                provider_keys.open_key, ctx.engine, ctx.ring, signed_in.user.id
+                provider_keys.open_key, ctx.engine, ctx.ring, signed_in.user.id, proof
             )
+            if proof is not None:
+                # A PRF passkey used here gets its key slot if it has none yet.
+                await run_in_threadpool(
+                    provider_keys.add_slot, ctx.engine, ctx.ring, signed_in.user.id, proof
+                )
             if key is None:
                 raise HTTPProblem(409, "Your OpenAI key is gone. Add it again first.")
             consent = Consent(signed_in.user.id, choices, key)
@@ -193,6 +198,8 @@ async def decision(request: Request) -> Response:
         return problem(exc.status, exc.message)
     except ChoiceError as exc:
         return problem(400, str(exc))
+    except provider_keys.VaultLockedError as exc:
+        return problem(409, exc.message)
     except (ChallengeError, passkeys.PasskeyError) as exc:
         return problem(400, exc.message)
     if consent is not None:

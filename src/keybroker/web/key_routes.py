@@ -77,9 +77,14 @@ async def save_key(request: Request) -> Response:
         )
     except abuse.TooManyAttempts as exc:
         return await key_page(request, error=exc.message, status=429, next_url=form.get("next"))
-    await run_in_threadpool(
-        lambda: provider_keys.save_key(ctx.engine, ctx.ring, user_id=signed_in.user.id, key=key)
-    )
+    try:
+        await run_in_threadpool(
+            lambda: provider_keys.save_key(ctx.engine, ctx.ring, user_id=signed_in.user.id, key=key)
+        )
+    except provider_keys.KeyRejectedError as exc:  # strict custody: cannot be replaced here
+        return await key_page(
+            request, error=exc.message, status=exc.status, next_url=form.get("next")
+        )
     next_url = safe_next(form.get("next"), "/key")
     separator = "&" if "?" in next_url else "?"
     return RedirectResponse(

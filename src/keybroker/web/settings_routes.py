@@ -17,6 +17,7 @@ from keybroker.auth.challenges import ChallengeError
 from keybroker.auth.sessions import SignedIn
 from keybroker.context import Context, get_context
 from keybroker.grants import ChoiceError, GrantNotFoundError
+from keybroker.provider_keys import PrfProof
 from keybroker.web.confirm import verify_fresh_assertion
 from keybroker.web.forms import guard, json_guard, read_form
 from keybroker.web.http import HTTPProblem, problem, read_json_object
@@ -40,6 +41,7 @@ async def settings_page(request: Request) -> Response:
     keys = await run_in_threadpool(accounts.passkeys_of, ctx.engine, user_id)
     stored = await run_in_threadpool(provider_keys.stored_key, ctx.engine, user_id)
     activity, more = await run_in_threadpool(reports.activity_page, ctx.engine, user_id, 0)
+    slots = await run_in_threadpool(provider_keys.slotted_passkeys, ctx.engine, user_id)
     charts = {g.id: reports.spend_chart(days.get(g.id, [])) for g in all_grants if g.live}
     return render(
         request,
@@ -54,6 +56,7 @@ async def settings_page(request: Request) -> Response:
         stored_key=stored,
         activity=activity,
         more_activity=more,
+        slots=slots,
         done=request.query_params.get("done"),
         error=request.query_params.get("error"),
     )
@@ -126,7 +129,9 @@ async def rename_passkey(
     return f"Passkey renamed to {name[:100]}."
 
 
-ConfirmedAction = Callable[[Request, Context, SignedIn], Awaitable[dict[str, Any]]]
+ConfirmedAction = Callable[
+    [Request, Context, SignedIn, dict[str, Any], PrfProof | None], Awaitable[dict[str, Any]]
+]
 
 
 def confirmed_action(action: ConfirmedAction) -> Callable[[Request], Awaitable[Response]]:
@@ -139,18 +144,42 @@ def confirmed_action(action: ConfirmedAction) -> Callable[[Request], Awaitable[R
             return signed_in
         try:
             body = await read_json_object(request)
-            await verify_fresh_assertion(ctx, signed_in.user.id, body)
-            result = await action(request, ctx, signed_in)
+            proof = await verify_fresh_assertion(ctx, signed_in.user.id, body)
+            result = await action(request, ctx, signed_in, body, proof)
         except HTTPProblem as exc:
             return problem(exc.status, exc.message)
-        except (ChallengeError, passkeys.PasskeyError) as exc:
+        except (ChallengeError, passkeys.PasskeyError, provider_keys.VaultLockedError) as exc:
             return problem(400, exc.message)
+        except provider_keys.CustodyError as exc:
+            return problem(409, exc.message)
         return JSONResponse(result)
 
     return endpoint
 
 
-async def remove_passkey(request: Request, ctx: Context, signed_in: SignedIn) -> dict[str, Any]:
+async def remove_passkey(
+    request: Request,
+    ctx: Context,
+    signed_in: SignedIn,
+    body: dict[str, Any],
+    proof: PrfProof | None,
+) -> dict[str, Any]:
+    passkey_id = request.path_params["passkey_id"]
+    stored = await run_in_threadpool(provider_keys.stored_key, ctx.engine, signed_in.user.id)
+    if stored is not None and stored.strict:
+        slots = await run_in_threadpool(
+            provider_keys.slotted_passkeys, ctx.engine, signed_in.user.id
+        )
+        if slots == {passkey_id}:
+            # The last key slot in strict custody: removing it makes the key unopenable.
+            if body.get("delete_key") is not True:
+                raise HTTPProblem(
+                    409,
+                    "This passkey holds the last key slot of your key in strict custody. "
+                    "Removing it deletes your OpenAI key (and ends every app's access); "
+                    "confirm that, or switch to master-key custody first.",
+                )
+            await run_in_threadpool(provider_keys.delete_key, ctx.engine, signed_in.user.id)
     try:
         removed = await run_in_threadpool(
             accounts.remove_passkey,
@@ -167,14 +196,47 @@ async def remove_passkey(request: Request, ctx: Context, signed_in: SignedIn) ->
     return {"redirect": "/settings?done=Passkey+removed.#passkeys"}
 
 
-async def delete_key(request: Request, ctx: Context, signed_in: SignedIn) -> dict[str, Any]:
+async def delete_key(
+    request: Request,
+    ctx: Context,
+    signed_in: SignedIn,
+    body: dict[str, Any],
+    proof: PrfProof | None,
+) -> dict[str, Any]:
     await run_in_threadpool(provider_keys.delete_key, ctx.engine, signed_in.user.id)
     return {"redirect": "/key?deleted=1"}
 
 
-async def delete_account(request: Request, ctx: Context, signed_in: SignedIn) -> dict[str, Any]:
+async def delete_account(
+    request: Request,
+    ctx: Context,
+    signed_in: SignedIn,
+    body: dict[str, Any],
+    proof: PrfProof | None,
+) -> dict[str, Any]:
     await run_in_threadpool(accounts.delete_account, ctx.engine, signed_in.user.id)
     return {"redirect": "/?deleted=1"}
+
+
+async def custody(
+    request: Request,
+    ctx: Context,
+    signed_in: SignedIn,
+    body: dict[str, Any],
+    proof: PrfProof | None,
+) -> dict[str, Any]:
+    strict = body.get("strict") is True
+    if proof is not None:  # the confirming passkey gets its slot first, if it has none
+        await run_in_threadpool(
+            provider_keys.add_slot, ctx.engine, ctx.ring, signed_in.user.id, proof
+        )
+    await run_in_threadpool(
+        lambda: provider_keys.set_custody(
+            ctx.engine, ctx.ring, signed_in.user.id, strict=strict, proof=proof
+        )
+    )
+    done = "Strict custody is on." if strict else "Master-key custody is on."
+    return {"redirect": f"/settings?done={_quote(done)}#key"}
 
 
 async def grant_requests(request: Request) -> Response:
@@ -216,5 +278,6 @@ routes = [
         "/settings/passkeys/{passkey_id}/remove", confirmed_action(remove_passkey), methods=["POST"]
     ),
     Route("/settings/key/delete", confirmed_action(delete_key), methods=["POST"]),
+    Route("/settings/custody", confirmed_action(custody), methods=["POST"]),
     Route("/settings/account/delete", confirmed_action(delete_account), methods=["POST"]),
 ]

@@ -1,0 +1,241 @@
+"""Passkey key slots (PRF): strict custody, several PRF passkeys, passkeys without PRF."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+from sqlalchemy import select
+from sqlmodel import Session
+from starlette.testclient import TestClient
+
+from keybroker import provider_keys
+from keybroker.context import get_context
+from keybroker.crypto import tokens, vault
+from keybroker.crypto.keyring import UnknownKidError
+from keybroker.models import Grant, KeySlot, Passkey, User, VaultEntry
+from tests.helpers import (
+    GOOD_KEY,
+    SAME_ORIGIN,
+    confirmed,
+    grant_token,
+    post,
+    register,
+    save_key,
+)
+from tests.softauthn import SoftAuthenticator
+
+
+def prf_authenticator() -> SoftAuthenticator:
+    return SoftAuthenticator(prf_secret=os.urandom(32))
+
+
+def add_passkey(
+    client: TestClient, authn: SoftAuthenticator, confirm_with: SoftAuthenticator | None = None
+) -> dict[str, object]:
+    start = post(client, "/auth/passkeys/options").json()
+    body: dict[str, object] = {
+        "ceremony": start["ceremony"],
+        "credential": authn.create(start["publicKey"]),
+        "name": "Second",
+    }
+    if start["confirm"]:
+        assert confirm_with is not None
+        first = post(client, "/auth/confirm/options").json()
+        body["confirm"] = {
+            "ceremony": first["ceremony"],
+            "credential": confirm_with.get(first["publicKey"]),
+        }
+    response = post(client, "/auth/passkeys/verify", body)
+    assert response.status_code == 200, response.text
+    result: dict[str, object] = response.json()
+    return result
+
+
+def slots(client: TestClient) -> int:
+    with Session(get_context(client).engine) as db:
+        return len(list(db.execute(select(KeySlot)).scalars()))
+
+
+def user_id(client: TestClient) -> str:
+    with Session(get_context(client).engine) as db:
+        return db.execute(select(User.id)).scalar_one()
+
+
+def test_registration_records_prf_support(client: TestClient) -> None:
+    register(client, prf_authenticator())
+    with Session(get_context(client).engine) as db:
+        assert db.execute(select(Passkey.prf_supported)).scalar_one() is True
+
+
+def test_strict_custody_database_and_master_keys_open_nothing(client: TestClient) -> None:
+    owner = register(client, prf_authenticator())
+    save_key(client)
+    old_token = grant_token(client, owner)["access_token"]  # consent adds the passkey's slot
+    assert slots(client) == 1
+    start = post(client, "/auth/confirm/options").json()
+    strict = post(
+        client,
+        "/settings/custody",
+        {
+            "strict": True,
+            "ceremony": start["ceremony"],
+            "credential": owner.get(start["publicKey"]),
+        },
+    )
+    assert strict.status_code == 200, strict.text
+    assert "Strict custody" in client.get("/settings").text
+
+    # Holding the database and the master keys: try every decryption path.
+    ctx = get_context(client)
+    with pytest.raises(provider_keys.VaultLockedError):
+        provider_keys.open_key(ctx.engine, ctx.ring, user_id(client))
+    with Session(ctx.engine) as db:
+        entry = db.execute(select(VaultEntry)).scalar_one()
+        slot = db.execute(select(KeySlot)).scalar_one()
+        grant = db.execute(select(Grant)).scalar_one()
+    assert entry.sealed is None  # no master slot
+    assert entry.kid is None
+    uses = (
+        "vault.openai",
+        "vault.openai.content",
+        "vault.openai.master-slot",
+        "vault.openai.passkey-slot",
+        "grant-copy.outer",
+        "grant-copy.inner",
+    )
+    master_keys = [ctx.ring.key(k) for k in ctx.ring.kids]
+    for sealed in (entry.content, slot.wrapped, grant.sealed_copy):
+        assert sealed is not None
+        assert GOOD_KEY not in sealed
+        for subject in (entry.user_id, slot.passkey_id, grant.id):
+            for use in uses:
+                binding = vault.Binding(subject, use)
+                for key in master_keys:  # the master keys used directly as content keys
+                    with pytest.raises(vault.SealedRecordError):
+                        vault.open_direct(sealed, key, expected_binding=binding)
+                try:
+                    opened = vault.open_sealed(sealed, ctx.ring, expected_binding=binding)
+                except (vault.SealedRecordError, UnknownKidError):
+                    continue
+                # Only a grant copy's outer layer opens; it holds the inner layer alone.
+                assert GOOD_KEY.encode() not in opened
+                for key in master_keys:
+                    with pytest.raises(vault.SealedRecordError):
+                        vault.open_direct(opened.decode(), key, expected_binding=binding)
+
+    # With the owner's passkey the key opens: a new app is allowed and works; the old one too.
+    new_token = grant_token(client, owner)["access_token"]
+    for token in (old_token, new_token):
+        assert (
+            client.get("/v1/models", headers={"authorization": f"Bearer {token}"}).status_code
+            == 200
+        )
+    # Replacing the key needs master-key custody back.
+    refused = client.post("/key", data={"key": "sk-test-" + "N" * 40}, headers=SAME_ORIGIN)
+    assert refused.status_code == 409
+    assert "strict custody" in refused.text
+
+
+def test_two_prf_passkeys_each_open_and_removing_one_leaves_the_other(
+    client: TestClient,
+) -> None:
+    first = register(client, prf_authenticator())
+    save_key(client)
+    second = prf_authenticator()
+    assert add_passkey(client, second) == {"ok": True, "key_slot": True}  # via the master slot
+    grant_token(client, first)  # the first passkey gets its slot at consent
+    assert slots(client) == 2
+    start = post(client, "/auth/confirm/options").json()
+    assert (
+        post(
+            client,
+            "/settings/custody",
+            {
+                "strict": True,
+                "ceremony": start["ceremony"],
+                "credential": second.get(start["publicKey"]),
+            },
+        ).status_code
+        == 200
+    )
+    ctx = get_context(client)
+    with Session(ctx.engine) as db:
+        keys = {p.credential_id: p for p in db.execute(select(Passkey)).scalars()}
+    for authn in (first, second):
+        token = grant_token(client, authn)["access_token"]
+        assert (
+            client.get("/v1/models", headers={"authorization": f"Bearer {token}"}).status_code
+            == 200
+        )
+    # A third passkey in strict custody: an existing passkey opens the vault for its slot.
+    third = prf_authenticator()
+    assert add_passkey(client, third, confirm_with=first)["key_slot"] is True
+    first_id = keys[first.credential_id_b64].id
+    removed = confirmed(client, second, f"/settings/passkeys/{first_id}/remove")
+    assert removed.status_code == 200
+    token = grant_token(client, second)["access_token"]
+    assert client.get("/v1/models", headers={"authorization": f"Bearer {token}"}).status_code == 200
+    assert tokens.parse_token(token)
+
+
+def test_passkey_without_prf_keeps_master_custody_and_strict_is_refused(
+    client: TestClient,
+) -> None:
+    plain = register(client)  # no PRF
+    save_key(client)
+    grant_token(client, plain)
+    assert slots(client) == 0
+    page = client.get("/settings").text
+    assert "Master-key custody" in page
+    assert "not supported" in page
+    start = post(client, "/auth/confirm/options").json()
+    refused = post(
+        client,
+        "/settings/custody",
+        {
+            "strict": True,
+            "ceremony": start["ceremony"],
+            "credential": plain.get(start["publicKey"]),
+        },
+    )
+    assert refused.status_code == 409
+    assert "PRF" in refused.json()["error"]
+    assert "First passkey" in refused.json()["error"]
+
+
+def test_last_slot_in_strict_custody_needs_key_deletion_confirmed(client: TestClient) -> None:
+    owner = register(client, prf_authenticator())
+    save_key(client)
+    grant_token(client, owner)
+    start = post(client, "/auth/confirm/options").json()
+    post(
+        client,
+        "/settings/custody",
+        {
+            "strict": True,
+            "ceremony": start["ceremony"],
+            "credential": owner.get(start["publicKey"]),
+        },
+    )
+    other = SoftAuthenticator()  # no PRF: a passkey that cannot hold a slot
+    add_passkey(client, other, confirm_with=owner)
+    with Session(get_context(client).engine) as db:
+        mine = db.execute(
+            select(Passkey).where(Passkey.credential_id == owner.credential_id_b64)
+        ).scalar_one()  # type: ignore[arg-type]
+    refused = confirmed(client, other, f"/settings/passkeys/{mine.id}/remove")
+    assert refused.status_code == 409
+    assert "deletes your OpenAI key" in refused.json()["error"]
+    start = post(client, "/auth/confirm/options").json()
+    done = post(
+        client,
+        f"/settings/passkeys/{mine.id}/remove",
+        {
+            "delete_key": True,
+            "ceremony": start["ceremony"],
+            "credential": other.get(start["publicKey"]),
+        },
+    )
+    assert done.status_code == 200
+    assert provider_keys.stored_key(get_context(client).engine, user_id(client)) is None
