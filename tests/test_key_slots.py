@@ -5,14 +5,14 @@ from __future__ import annotations
 import os
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import Engine, select
 from sqlmodel import Session
 from starlette.testclient import TestClient
 
 from keybroker import provider_keys
 from keybroker.context import get_context
 from keybroker.crypto import tokens, vault
-from keybroker.crypto.keyring import UnknownKidError
+from keybroker.crypto.keyring import KeyRing, UnknownKidError
 from keybroker.models import Grant, KeySlot, Passkey, User, VaultEntry
 from tests.helpers import (
     GOOD_KEY,
@@ -24,6 +24,48 @@ from tests.helpers import (
     save_key,
 )
 from tests.softauthn import SoftAuthenticator
+
+
+def assert_nothing_opens(engine: Engine, ring: KeyRing, key: str) -> None:
+    """Every decryption path a holder of the database and the master keys has, tried."""
+    with Session(engine) as db:
+        user = db.execute(select(User.id)).scalars().first()
+        assert user is not None
+        with pytest.raises(provider_keys.VaultLockedError):
+            provider_keys.open_key(engine, ring, user)
+        entry = db.execute(select(VaultEntry)).scalar_one()
+        slots = list(db.execute(select(KeySlot)).scalars())
+        grants = list(db.execute(select(Grant)).scalars())
+    assert entry.sealed is None  # no master slot
+    assert entry.kid is None
+    uses = (
+        "vault.openai",
+        "vault.openai.content",
+        "vault.openai.master-slot",
+        "vault.openai.passkey-slot",
+        "grant-copy.outer",
+        "grant-copy.inner",
+    )
+    subjects = [entry.user_id, *(s.passkey_id for s in slots), *(g.id for g in grants)]
+    master_keys = [ring.key(k) for k in ring.kids]
+    for sealed in [entry.content, *(s.wrapped for s in slots), *(g.sealed_copy for g in grants)]:
+        assert sealed is not None
+        assert key not in sealed
+        for subject in subjects:
+            for use in uses:
+                binding = vault.Binding(subject, use)
+                for master in master_keys:  # the master keys used directly as content keys
+                    with pytest.raises(vault.SealedRecordError):
+                        vault.open_direct(sealed, master, expected_binding=binding)
+                try:
+                    opened = vault.open_sealed(sealed, ring, expected_binding=binding)
+                except (vault.SealedRecordError, UnknownKidError):
+                    continue
+                # Only a grant copy's outer layer opens; it holds the inner layer alone.
+                assert key.encode() not in opened
+                for master in master_keys:
+                    with pytest.raises(vault.SealedRecordError):
+                        vault.open_direct(opened.decode(), master, expected_binding=binding)
 
 
 def prf_authenticator() -> SoftAuthenticator:
@@ -88,41 +130,7 @@ def test_strict_custody_database_and_master_keys_open_nothing(client: TestClient
 
     # Holding the database and the master keys: try every decryption path.
     ctx = get_context(client)
-    with pytest.raises(provider_keys.VaultLockedError):
-        provider_keys.open_key(ctx.engine, ctx.ring, user_id(client))
-    with Session(ctx.engine) as db:
-        entry = db.execute(select(VaultEntry)).scalar_one()
-        slot = db.execute(select(KeySlot)).scalar_one()
-        grant = db.execute(select(Grant)).scalar_one()
-    assert entry.sealed is None  # no master slot
-    assert entry.kid is None
-    uses = (
-        "vault.openai",
-        "vault.openai.content",
-        "vault.openai.master-slot",
-        "vault.openai.passkey-slot",
-        "grant-copy.outer",
-        "grant-copy.inner",
-    )
-    master_keys = [ctx.ring.key(k) for k in ctx.ring.kids]
-    for sealed in (entry.content, slot.wrapped, grant.sealed_copy):
-        assert sealed is not None
-        assert GOOD_KEY not in sealed
-        for subject in (entry.user_id, slot.passkey_id, grant.id):
-            for use in uses:
-                binding = vault.Binding(subject, use)
-                for key in master_keys:  # the master keys used directly as content keys
-                    with pytest.raises(vault.SealedRecordError):
-                        vault.open_direct(sealed, key, expected_binding=binding)
-                try:
-                    opened = vault.open_sealed(sealed, ctx.ring, expected_binding=binding)
-                except (vault.SealedRecordError, UnknownKidError):
-                    continue
-                # Only a grant copy's outer layer opens; it holds the inner layer alone.
-                assert GOOD_KEY.encode() not in opened
-                for key in master_keys:
-                    with pytest.raises(vault.SealedRecordError):
-                        vault.open_direct(opened.decode(), key, expected_binding=binding)
+    assert_nothing_opens(ctx.engine, ctx.ring, GOOD_KEY)
 
     # With the owner's passkey the key opens: a new app is allowed and works; the old one too.
     new_token = grant_token(client, owner)["access_token"]

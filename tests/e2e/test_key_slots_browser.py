@@ -1,0 +1,202 @@
+"""Passkey key slots in Chromium, with virtual authenticators with and without `hasPrf`.
+
+Consent runs in the same window as the authenticator (a registered app with a loopback
+redirect), because a credential copied to another virtual authenticator keeps its private key
+but not its PRF secret."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, HTTPServer
+from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
+
+import httpx
+import pytest
+from playwright.sync_api import BrowserContext, Page, expect
+
+from keybroker import db, provider_keys
+from keybroker.crypto.keyring import KeyRing
+from keybroker.settings import load_settings
+from tests.e2e.conftest import attach_authenticator
+from tests.helpers import authorize_query, pkce
+from tests.live import LiveBroker, start_broker
+from tests.upstream import Upstream
+
+KEY = "sk-test-slots-" + "P" * 36
+
+
+@pytest.fixture
+def broker(tmp_path: Path, upstream: Upstream) -> Iterator[LiveBroker]:
+    live = start_broker(tmp_path, {"KEYBROKER_UPSTREAM_URL": upstream.url})
+    yield live
+    live.stop()
+
+
+@pytest.fixture
+def cli_client(broker: LiveBroker) -> str:
+    added = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "keybroker",
+            "clients",
+            "add",
+            "--name",
+            "Slot test app",
+            "--redirect-uri",
+            "http://127.0.0.1/callback",
+        ],
+        env=broker.env,
+        cwd=broker.data_dir,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    return added.stdout.strip()
+
+
+class _Callback(BaseHTTPRequestHandler):
+    received: dict[str, list[str]] = {}
+
+    def do_GET(self) -> None:
+        type(self).received = parse_qs(urlsplit(self.path).query)
+        self.send_response(200)
+        self.end_headers()
+        self.wfile.write(b"done")
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def allow_app(page: Page, broker: LiveBroker, client_id: str) -> str:
+    """The app asks, the owner allows in this window; returns the app's token."""
+    server = HTTPServer(("127.0.0.1", 0), _Callback)
+    threading.Thread(target=server.handle_request, daemon=True).start()
+    redirect = f"http://127.0.0.1:{server.server_port}/callback"
+    verifier, challenge = pkce()
+    page.goto(
+        f"{broker.url}/authorize?{authorize_query(client_id, challenge, redirect_uri=redirect)}"
+    )
+    page.get_by_role("button", name="Allow").click()
+    expect(page.get_by_text("done")).to_be_visible()
+    server.server_close()
+    token = httpx.post(
+        f"{broker.url}/oauth/token",
+        data={
+            "grant_type": "authorization_code",
+            "code": _Callback.received["code"][0],
+            "client_id": client_id,
+            "code_verifier": verifier,
+            "redirect_uri": redirect,
+        },
+    )
+    assert token.status_code == 200, token.text
+    access: str = token.json()["access_token"]
+    return access
+
+
+def works(broker: LiveBroker, token: str) -> bool:
+    return (
+        httpx.get(
+            f"{broker.url}/v1/models", headers={"authorization": f"Bearer {token}"}
+        ).status_code
+        == 200
+    )
+
+
+def owner_with_key(page: Page, broker: LiveBroker) -> None:
+    page.goto(f"{broker.url}/signin")
+    page.get_by_role("button", name="Create passkey").click()
+    expect(page.get_by_role("heading", name="Settings")).to_be_visible()
+    page.goto(f"{broker.url}/key")
+    page.get_by_label("OpenAI API key").fill(KEY)
+    page.get_by_role("button", name="Save key").click()
+    expect(page.get_by_role("status")).to_contain_text("Key saved")
+
+
+def switch_custody(page: Page, broker: LiveBroker, name: str) -> None:
+    page.goto(f"{broker.url}/settings#key")
+    page.get_by_role("button", name=name).click()
+
+
+def operator_view(broker: LiveBroker) -> tuple[object, KeyRing]:
+    """What a thief of the database file and the master keys holds."""
+    settings = load_settings({"KEYBROKER_DATA_DIR": str(broker.data_dir)}, env_file=None)
+    return db.make_engine(settings.database_url), KeyRing.parse(settings.master_keys)
+
+
+def test_strict_custody_locks_the_operator_out(
+    context: BrowserContext, broker: LiveBroker, cli_client: str
+) -> None:
+    from tests.test_key_slots import assert_nothing_opens
+
+    window = attach_authenticator(context.new_page())  # hasPrf
+    page = window.page
+    owner_with_key(page, broker)
+    before = allow_app(page, broker, cli_client)  # this consent gives the passkey its slot
+    page.goto(f"{broker.url}/settings")
+    expect(page.locator("table.passkeys")).to_contain_text("supported")
+    switch_custody(page, broker, "Switch to strict custody")
+    expect(page.get_by_role("status").first).to_contain_text("Strict custody is on.")
+    expect(page.locator(".custody")).to_contain_text("Only your passkeys can open your key")
+
+    engine, ring = operator_view(broker)
+    assert_nothing_opens(engine, ring, KEY)  # type: ignore[arg-type]
+    engine.dispose()  # type: ignore[attr-defined]
+
+    after = allow_app(page, broker, cli_client)  # the owner's passkey opens it
+    assert works(broker, before)
+    assert works(broker, after)
+
+
+def test_two_prf_passkeys_each_open_and_one_can_go(
+    context: BrowserContext, broker: LiveBroker, cli_client: str
+) -> None:
+    first = attach_authenticator(context.new_page())
+    owner_with_key(first.page, broker)
+    # A second device: another window of the same browser session, its own authenticator.
+    second = attach_authenticator(context.new_page())
+    second.page.goto(f"{broker.url}/settings")
+    second.page.get_by_label("Name for the new passkey").fill("Second device")
+    second.page.get_by_role("button", name="Add passkey").click()
+    expect(second.page.get_by_role("status").first).to_contain_text("Passkey added")
+    allow_app(first.page, broker, cli_client)  # the first passkey's slot
+    second.page.goto(f"{broker.url}/settings")
+    expect(second.page.locator('td[data-label="Key slot"]', has_text="yes")).to_have_count(2)
+    switch_custody(second.page, broker, "Switch to strict custody")
+    expect(second.page.get_by_role("status").first).to_contain_text("Strict custody is on.")
+
+    assert works(broker, allow_app(first.page, broker, cli_client))
+    assert works(broker, allow_app(second.page, broker, cli_client))
+
+    second.page.goto(f"{broker.url}/settings")
+    second.page.get_by_role("button", name="Remove passkey First passkey").click()
+    expect(second.page.get_by_role("status").first).to_contain_text("Passkey removed")
+    assert works(broker, allow_app(second.page, broker, cli_client))
+
+
+def test_passkey_without_prf_keeps_master_custody(
+    context: BrowserContext, broker: LiveBroker, cli_client: str
+) -> None:
+    window = attach_authenticator(context.new_page(), hasPrf=False)
+    page = window.page
+    owner_with_key(page, broker)
+    assert works(broker, allow_app(page, broker, cli_client))
+    page.goto(f"{broker.url}/settings")
+    expect(page.locator("table.passkeys")).to_contain_text("not supported")
+    expect(page.locator(".custody")).to_contain_text("Master-key custody")
+    switch_custody(page, broker, "Switch to strict custody")
+    alert = page.locator("#key").get_by_role("alert")
+    expect(alert).to_contain_text("PRF")
+    expect(alert).to_contain_text("First passkey")
+    # Master-key custody: the operator's master keys open it, as the page says.
+    engine, ring = operator_view(broker)
+    with engine.connect() as conn:  # type: ignore[attr-defined]
+        user_id = conn.exec_driver_sql("SELECT id FROM users").scalar_one()
+    assert provider_keys.open_key(engine, ring, user_id) == KEY  # type: ignore[arg-type]
+    engine.dispose()  # type: ignore[attr-defined]
