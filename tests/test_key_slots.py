@@ -235,6 +235,7 @@ def test_last_slot_in_strict_custody_needs_key_deletion_confirmed(client: TestCl
     refused = confirmed(client, other, f"/settings/passkeys/{mine.id}/remove")
     assert refused.status_code == 409
     assert "deletes your OpenAI key" in refused.json()["error"]
+    assert refused.json()["code"] == "confirm_delete_key"  # the page asks, then retries
     start = post(client, "/auth/confirm/options").json()
     done = post(
         client,

@@ -10,7 +10,11 @@ window.kb = {
     });
     let data = {};
     try { data = await response.json(); } catch (_) { /* not JSON */ }
-    if (!response.ok) throw new Error(data.error || `The server answered ${response.status}.`);
+    if (!response.ok) {
+      const error = new Error(data.error || `The server answered ${response.status}.`);
+      error.code = data.code;
+      throw error;
+    }
     return data;
   },
 };

@@ -7,6 +7,13 @@
 
   const post = (url, body) => window.kb.post(url, body);
 
+  async function confirmed(url, extra) {
+    const start = await post("/auth/confirm/options");
+    const publicKey = PublicKeyCredential.parseRequestOptionsFromJSON(start.publicKey);
+    const credential = await navigator.credentials.get({ publicKey });
+    return post(url, { ...extra, ceremony: start.ceremony, credential: credential.toJSON() });
+  }
+
   document.addEventListener("click", async (event) => {
     const button = event.target.closest("button[data-confirm-action]");
     if (!button) return;
@@ -16,13 +23,16 @@
     say(alert, "");
     button.disabled = true;
     try {
-      const start = await post("/auth/confirm/options");
       say(status, "Confirm with your passkey…");
-      const publicKey = PublicKeyCredential.parseRequestOptionsFromJSON(start.publicKey);
-      const credential = await navigator.credentials.get({ publicKey });
       const extra = button.dataset.confirmBody ? JSON.parse(button.dataset.confirmBody) : {};
-      const done = await post(button.dataset.confirmAction,
-        { ...extra, ceremony: start.ceremony, credential: credential.toJSON() });
+      let done;
+      try {
+        done = await confirmed(button.dataset.confirmAction, extra);
+      } catch (error) {
+        // The last key slot in strict custody: going on deletes the key, so ask first.
+        if (error.code !== "confirm_delete_key" || !window.confirm(error.message)) throw error;
+        done = await confirmed(button.dataset.confirmAction, { ...extra, delete_key: true });
+      }
       window.location.assign(done.redirect || "/settings");
     } catch (error) {
       say(status, "");

@@ -12,16 +12,17 @@ JSON_LIMIT = 64 * 1024
 
 
 class HTTPProblem(Exception):
-    def __init__(self, status: int, message: str) -> None:
+    def __init__(self, status: int, message: str, code: str | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
+        self.code = code
 
 
-def problem(status: int, message: str) -> JSONResponse:
-    return JSONResponse(
-        {"error": message}, status_code=status, headers={"cache-control": "no-store"}
-    )
+def problem(status: int, message: str, code: str | None = None) -> JSONResponse:
+    """A JSON error; ``code`` tells a page script what it can do about it."""
+    body = {"error": message} if code is None else {"error": message, "code": code}
+    return JSONResponse(body, status_code=status, headers={"cache-control": "no-store"})
 
 
 async def read_body(request: Request, limit: int) -> bytes:

@@ -147,7 +147,7 @@ def confirmed_action(action: ConfirmedAction) -> Callable[[Request], Awaitable[R
             proof = await verify_fresh_assertion(ctx, signed_in.user.id, body)
             result = await action(request, ctx, signed_in, body, proof)
         except HTTPProblem as exc:
-            return problem(exc.status, exc.message)
+            return problem(exc.status, exc.message, exc.code)
         except (ChallengeError, passkeys.PasskeyError, provider_keys.VaultLockedError) as exc:
             return problem(400, exc.message)
         except provider_keys.CustodyError as exc:
@@ -178,6 +178,7 @@ async def remove_passkey(
                     "This passkey holds the last key slot of your key in strict custody. "
                     "Removing it deletes your OpenAI key (and ends every app's access); "
                     "confirm that, or switch to master-key custody first.",
+                    code="confirm_delete_key",
                 )
             await run_in_threadpool(provider_keys.delete_key, ctx.engine, signed_in.user.id)
     try:
