@@ -61,28 +61,6 @@ class SoftAuthenticator:
             out["results"] = {"first": self._prf(salt)}
         return {"prf": out}
 
-    prf_secret: bytes | None = None  # set: the authenticator supports PRF (hmac-secret)
-
-    def _prf(self, salt_b64: str) -> str:
-        import hmac
-
-        assert self.prf_secret is not None
-        return b64u(hmac.new(self.prf_secret, unb64u(salt_b64), hashlib.sha256).digest())
-
-    def _prf_results(self, extensions: dict[str, Any] | None, create: bool) -> dict[str, Any]:
-        prf = (extensions or {}).get("prf")
-        if prf is None:
-            return {}
-        if self.prf_secret is None:
-            return {"prf": {"enabled": False}} if create else {"prf": {}}
-        salt = (prf.get("eval") or {}).get("first")
-        by_credential = prf.get("evalByCredential") or {}
-        salt = (by_credential.get(self.credential_id_b64) or {}).get("first", salt)
-        out: dict[str, Any] = {"enabled": True} if create else {}
-        if salt:
-            out["results"] = {"first": self._prf(salt)}
-        return {"prf": out}
-
     @property
     def credential_id_b64(self) -> str:
         return b64u(self.credential_id)
