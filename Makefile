@@ -35,6 +35,7 @@ test: install sdk
 
 ## bench: the proxy benchmark (writes docs/benchmarks.md)
 bench: install
+	command -v wrk >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk)
 	$(PY) -m bench
 
 clean:
