@@ -16,10 +16,11 @@ from starlette.routing import Route
 from webauthn.helpers import base64url_to_bytes, bytes_to_base64url
 
 from keybroker.auth import accounts, passkeys
+from keybroker.auth.challenges import ChallengeError
 from keybroker.context import Context
-from keybroker.provider_keys import PrfProof
+from keybroker.provider_keys import CustodyError, PrfProof, VaultLockedError
 from keybroker.web.auth_routes import ceremony_endpoint
-from keybroker.web.http import HTTPProblem
+from keybroker.web.http import HTTPProblem, problem
 
 PURPOSE = "confirm"
 
@@ -71,6 +72,26 @@ async def verify_fresh_assertion(
         )
     )
     return None if output is None else PrfProof(passkey.id, passkey.credential_id, output)
+
+
+# What can go wrong between a confirmed request arriving and its action being done.
+CONFIRMATION_ERRORS = (
+    HTTPProblem,
+    ChallengeError,
+    passkeys.PasskeyError,
+    VaultLockedError,
+    CustodyError,
+)
+
+
+def confirmation_problem(exc: Exception) -> JSONResponse:
+    """The JSON answer for one of CONFIRMATION_ERRORS."""
+    if isinstance(exc, HTTPProblem):
+        return problem(exc.status, exc.message, exc.code)
+    if isinstance(exc, VaultLockedError | CustodyError):
+        return problem(409, exc.message)
+    assert isinstance(exc, ChallengeError | passkeys.PasskeyError)
+    return problem(400, exc.message)
 
 
 routes = [Route("/auth/confirm/options", confirm_options, methods=["POST"])]

@@ -19,14 +19,16 @@ from starlette.routing import Route
 
 from keybroker import grants as grant_store
 from keybroker import provider_keys
-from keybroker.auth import passkeys
-from keybroker.auth.challenges import ChallengeError
 from keybroker.context import Context, get_context
 from keybroker.grants import ChoiceError
 from keybroker.oauth.clients import SCOPES, Client
 from keybroker.oauth.grants import Consent
 from keybroker.oauth.server import HTTPInput, OAuthResult, with_params
-from keybroker.web.confirm import verify_fresh_assertion
+from keybroker.web.confirm import (
+    CONFIRMATION_ERRORS,
+    confirmation_problem,
+    verify_fresh_assertion,
+)
 from keybroker.web.forms import json_guard
 from keybroker.web.http import HTTPProblem, problem, read_json_object
 from keybroker.web.pages import render
@@ -194,14 +196,10 @@ async def decision(request: Request) -> Response:
             consent = Consent(signed_in.user.id, choices, key)
         elif body.get("decision") != "deny":
             raise HTTPProblem(400, "Choose Allow or Deny.")
-    except HTTPProblem as exc:
-        return problem(exc.status, exc.message)
     except ChoiceError as exc:
         return problem(400, str(exc))
-    except provider_keys.VaultLockedError as exc:
-        return problem(409, exc.message)
-    except (ChallengeError, passkeys.PasskeyError) as exc:
-        return problem(400, exc.message)
+    except CONFIRMATION_ERRORS as exc:
+        return confirmation_problem(exc)
     if consent is not None:
         # Narrowed scopes become the granted scope (RFC 6749 §3.3).
         grant.request.scope = " ".join(consent.choices.scopes)

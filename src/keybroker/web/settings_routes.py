@@ -12,15 +12,18 @@ from starlette.routing import Route
 
 from keybroker import grants as grant_store
 from keybroker import provider_keys, reports
-from keybroker.auth import accounts, passkeys
-from keybroker.auth.challenges import ChallengeError
+from keybroker.auth import accounts
 from keybroker.auth.sessions import SignedIn
 from keybroker.context import Context, get_context
 from keybroker.grants import ChoiceError, GrantNotFoundError
 from keybroker.provider_keys import PrfProof
-from keybroker.web.confirm import verify_fresh_assertion
+from keybroker.web.confirm import (
+    CONFIRMATION_ERRORS,
+    confirmation_problem,
+    verify_fresh_assertion,
+)
 from keybroker.web.forms import guard, json_guard, read_form
-from keybroker.web.http import HTTPProblem, problem, read_json_object
+from keybroker.web.http import HTTPProblem, read_json_object
 from keybroker.web.pages import render
 
 
@@ -146,12 +149,8 @@ def confirmed_action(action: ConfirmedAction) -> Callable[[Request], Awaitable[R
             body = await read_json_object(request)
             proof = await verify_fresh_assertion(ctx, signed_in.user.id, body)
             result = await action(request, ctx, signed_in, body, proof)
-        except HTTPProblem as exc:
-            return problem(exc.status, exc.message, exc.code)
-        except (ChallengeError, passkeys.PasskeyError, provider_keys.VaultLockedError) as exc:
-            return problem(400, exc.message)
-        except provider_keys.CustodyError as exc:
-            return problem(409, exc.message)
+        except CONFIRMATION_ERRORS as exc:
+            return confirmation_problem(exc)
         return JSONResponse(result)
 
     return endpoint
