@@ -248,3 +248,35 @@ def test_last_slot_in_strict_custody_needs_key_deletion_confirmed(client: TestCl
     )
     assert done.status_code == 200
     assert provider_keys.stored_key(get_context(client).engine, user_id(client)) is None
+
+
+def test_a_refused_passkey_removal_deletes_nothing(client: TestClient) -> None:
+    owner = register(client, prf_authenticator())
+    save_key(client)
+    grant_token(client, owner)
+    start = post(client, "/auth/confirm/options").json()
+    post(
+        client,
+        "/settings/custody",
+        {
+            "strict": True,
+            "ceremony": start["ceremony"],
+            "credential": owner.get(start["publicKey"]),
+        },
+    )
+    with Session(get_context(client).engine) as db:
+        only = db.execute(select(Passkey)).scalar_one()
+    start = post(client, "/auth/confirm/options").json()
+    refused = post(
+        client,
+        f"/settings/passkeys/{only.id}/remove",
+        {
+            "delete_key": True,
+            "ceremony": start["ceremony"],
+            "credential": owner.get(start["publicKey"]),
+        },
+    )
+    assert refused.status_code == 409
+    assert "only passkey" in refused.json()["error"]
+    # The key survives a removal that did not happen.
+    assert provider_keys.stored_key(get_context(client).engine, user_id(client)) is not None

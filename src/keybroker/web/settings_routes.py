@@ -165,27 +165,24 @@ async def remove_passkey(
 ) -> dict[str, Any]:
     passkey_id = request.path_params["passkey_id"]
     stored = await run_in_threadpool(provider_keys.stored_key, ctx.engine, signed_in.user.id)
+    last_slot = False
     if stored is not None and stored.strict:
         slots = await run_in_threadpool(
             provider_keys.slotted_passkeys, ctx.engine, signed_in.user.id
         )
-        if slots == {passkey_id}:
-            # The last key slot in strict custody: removing it makes the key unopenable.
-            if body.get("delete_key") is not True:
-                raise HTTPProblem(
-                    409,
-                    "This passkey holds the last key slot of your key in strict custody. "
-                    "Removing it deletes your OpenAI key (and ends every app's access); "
-                    "confirm that, or switch to master-key custody first.",
-                    code="confirm_delete_key",
-                )
-            await run_in_threadpool(provider_keys.delete_key, ctx.engine, signed_in.user.id)
+        last_slot = slots == {passkey_id}
+    # The last key slot in strict custody: removing it makes the key unopenable.
+    if last_slot and body.get("delete_key") is not True:
+        raise HTTPProblem(
+            409,
+            "This passkey holds the last key slot of your key in strict custody. "
+            "Removing it deletes your OpenAI key (and ends every app's access); "
+            "confirm that, or switch to master-key custody first.",
+            code="confirm_delete_key",
+        )
     try:
         removed = await run_in_threadpool(
-            accounts.remove_passkey,
-            ctx.engine,
-            signed_in.user.id,
-            request.path_params["passkey_id"],
+            accounts.remove_passkey, ctx.engine, signed_in.user.id, passkey_id
         )
     except accounts.LastPasskeyError:
         raise HTTPProblem(
@@ -193,6 +190,8 @@ async def remove_passkey(
         ) from None
     if not removed:
         raise HTTPProblem(404, "No such passkey.")
+    if last_slot:  # only once the passkey is really gone
+        await run_in_threadpool(provider_keys.delete_key, ctx.engine, signed_in.user.id)
     return {"redirect": "/settings?done=Passkey+removed.#passkeys"}
 
 
