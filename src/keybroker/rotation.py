@@ -14,8 +14,9 @@ from typing import Any
 from sqlalchemy import Engine, select
 from sqlmodel import Session, col
 
+from keybroker.crypto import vault
 from keybroker.crypto.keyring import KeyRing, UnknownKidError
-from keybroker.crypto.vault import SealedRecordError
+from keybroker.crypto.tokens import rewrap_grant_copy
 from keybroker.models import Grant, VaultEntry
 from keybroker.provider_keys import binding, master_slot
 
@@ -38,8 +39,6 @@ class RewrapReport:
 
 
 def _rewrap_vault(row: VaultEntry, ring: KeyRing) -> str:
-    from keybroker.crypto import vault
-
     assert row.sealed is not None  # rows without a master slot (strict custody) are skipped
     if row.format == 1:
         return vault.rewrap(row.sealed, ring, expected_binding=binding(row.user_id))
@@ -47,8 +46,6 @@ def _rewrap_vault(row: VaultEntry, ring: KeyRing) -> str:
 
 
 def _rewrap_grant_copy(row: Grant, ring: KeyRing) -> str:
-    from keybroker.crypto.tokens import rewrap_grant_copy
-
     assert row.sealed_copy is not None
     return rewrap_grant_copy(row.sealed_copy, row.id, ring)
 
@@ -87,7 +84,7 @@ def rewrap_all(
                         continue
                     try:
                         setattr(row, table.column, table.rewrap(row, ring))
-                    except (UnknownKidError, SealedRecordError) as exc:
+                    except (UnknownKidError, vault.SealedRecordError) as exc:
                         report.failed.append(f"{table.label} {row.id}: {exc}")
                         continue
                     row.kid = ring.active_kid

@@ -76,6 +76,14 @@ def broker(tmp_path_factory: pytest.TempPathFactory, upstream: Upstream) -> Iter
     live.stop()
 
 
+@pytest.fixture
+def own_broker(tmp_path: Path, upstream: Upstream) -> Iterator[LiveBroker]:
+    """A broker of the test's own, with an empty database (the session one is shared)."""
+    live = start_broker(tmp_path, {"KEYBROKER_UPSTREAM_URL": upstream.url})
+    yield live
+    live.stop()
+
+
 @pytest.fixture(scope="session")
 def demo(broker: LiveBroker) -> Iterator[str]:
     """The example third-party app on its own origin (127.0.0.1, the broker is on localhost)."""

@@ -3,9 +3,7 @@ different origins, with virtual authenticators in each window."""
 
 from __future__ import annotations
 
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, HTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -14,6 +12,7 @@ import pytest
 from playwright.sync_api import Browser, BrowserContext, Page, Playwright, expect
 
 from tests.e2e.conftest import CHROMIUM, FLAGS, Window, attach_authenticator
+from tests.e2e.loopback import Callback, register_app
 from tests.helpers import authorize_query, pkce
 from tests.live import LiveBroker
 
@@ -159,50 +158,13 @@ def test_blocked_popup_rejects_with_popup_blocked(
         strict.close()
 
 
-class _Callback(BaseHTTPRequestHandler):
-    received: dict[str, list[str]] = {}
-
-    def do_GET(self) -> None:
-        type(self).received = parse_qs(urlsplit(self.path).query)
-        self.send_response(200)
-        self.send_header("content-type", "text/plain")
-        self.end_headers()
-        self.wfile.write(b"You can close this window and return to the terminal.")
-
-    def log_message(self, *args: object) -> None:
-        pass
-
-
 def test_command_line_app_loopback_redirect(
     context: BrowserContext, window: Window, broker: LiveBroker
 ) -> None:
     # The CLI app: registered once, then a loopback server on a port of its choosing.
-    import subprocess
-    import sys
-
-    added = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "keybroker",
-            "clients",
-            "add",
-            "--name",
-            "Test CLI",
-            "--redirect-uri",
-            "http://127.0.0.1/callback",
-        ],
-        env=broker.env,
-        cwd=broker.data_dir,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert added.returncode == 0, added.stderr
-    client_id = added.stdout.strip()
-    server = HTTPServer(("127.0.0.1", 0), _Callback)
-    threading.Thread(target=server.handle_request, daemon=True).start()
-    redirect = f"http://127.0.0.1:{server.server_port}/callback"
+    client_id = register_app(broker, "Test CLI")
+    callback = Callback()
+    redirect = callback.redirect_uri
     verifier, challenge = pkce()
     query = authorize_query(client_id, challenge, redirect_uri=redirect, scope="chat")
 
@@ -214,9 +176,9 @@ def test_command_line_app_loopback_redirect(
     page.get_by_role("button", name="Save key").click()
     page.get_by_role("button", name="Allow").click()
     expect(page.get_by_text("You can close this window")).to_be_visible()
-    server.server_close()
+    callback.close()
 
-    params = _Callback.received
+    params = callback.params
     assert params["state"] == ["st-123"]
     assert params["iss"] == [broker.url]
     token = httpx.post(

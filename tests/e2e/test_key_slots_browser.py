@@ -6,14 +6,6 @@ but not its PRF secret."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
-import threading
-from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, HTTPServer
-from pathlib import Path
-from urllib.parse import parse_qs, urlsplit
-
 import httpx
 import pytest
 from playwright.sync_api import BrowserContext, Page, expect
@@ -22,74 +14,34 @@ from keybroker import db, provider_keys
 from keybroker.crypto.keyring import KeyRing
 from keybroker.settings import load_settings
 from tests.e2e.conftest import attach_authenticator
+from tests.e2e.loopback import Callback, register_app
 from tests.helpers import authorize_query, pkce
-from tests.live import LiveBroker, start_broker
-from tests.upstream import Upstream
+from tests.live import LiveBroker
 
 KEY = "sk-test-slots-" + "P" * 36
 
 
 @pytest.fixture
-def broker(tmp_path: Path, upstream: Upstream) -> Iterator[LiveBroker]:
-    live = start_broker(tmp_path, {"KEYBROKER_UPSTREAM_URL": upstream.url})
-    yield live
-    live.stop()
-
-
-@pytest.fixture
-def cli_client(broker: LiveBroker) -> str:
-    added = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "keybroker",
-            "clients",
-            "add",
-            "--name",
-            "Slot test app",
-            "--redirect-uri",
-            "http://127.0.0.1/callback",
-        ],
-        env=broker.env,
-        cwd=broker.data_dir,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-    )
-    return added.stdout.strip()
-
-
-class _Callback(BaseHTTPRequestHandler):
-    received: dict[str, list[str]] = {}
-
-    def do_GET(self) -> None:
-        type(self).received = parse_qs(urlsplit(self.path).query)
-        self.send_response(200)
-        self.end_headers()
-        self.wfile.write(b"done")
-
-    def log_message(self, *args: object) -> None:
-        pass
+def cli_client(own_broker: LiveBroker) -> str:
+    return register_app(own_broker, "Slot test app")
 
 
 def allow_app(page: Page, broker: LiveBroker, client_id: str) -> str:
     """The app asks, the owner allows in this window; returns the app's token."""
-    server = HTTPServer(("127.0.0.1", 0), _Callback)
-    threading.Thread(target=server.handle_request, daemon=True).start()
-    redirect = f"http://127.0.0.1:{server.server_port}/callback"
+    callback = Callback()
+    redirect = callback.redirect_uri
     verifier, challenge = pkce()
     page.goto(
         f"{broker.url}/authorize?{authorize_query(client_id, challenge, redirect_uri=redirect)}"
     )
     page.get_by_role("button", name="Allow").click()
-    expect(page.get_by_text("done")).to_be_visible()
-    server.server_close()
+    expect(page.get_by_text("You can close this window")).to_be_visible()
+    callback.close()
     token = httpx.post(
         f"{broker.url}/oauth/token",
         data={
             "grant_type": "authorization_code",
-            "code": _Callback.received["code"][0],
+            "code": callback.params["code"][0],
             "client_id": client_id,
             "code_verifier": verifier,
             "redirect_uri": redirect,
@@ -131,8 +83,9 @@ def operator_view(broker: LiveBroker) -> tuple[object, KeyRing]:
 
 
 def test_strict_custody_locks_the_operator_out(
-    context: BrowserContext, broker: LiveBroker, cli_client: str
+    context: BrowserContext, own_broker: LiveBroker, cli_client: str
 ) -> None:
+    broker = own_broker
     from tests.test_key_slots import assert_nothing_opens
 
     window = attach_authenticator(context.new_page())  # hasPrf
@@ -155,8 +108,9 @@ def test_strict_custody_locks_the_operator_out(
 
 
 def test_two_prf_passkeys_each_open_and_one_can_go(
-    context: BrowserContext, broker: LiveBroker, cli_client: str
+    context: BrowserContext, own_broker: LiveBroker, cli_client: str
 ) -> None:
+    broker = own_broker
     first = attach_authenticator(context.new_page())
     owner_with_key(first.page, broker)
     # A second device: another window of the same browser session, its own authenticator.
@@ -181,8 +135,9 @@ def test_two_prf_passkeys_each_open_and_one_can_go(
 
 
 def test_passkey_without_prf_keeps_master_custody(
-    context: BrowserContext, broker: LiveBroker, cli_client: str
+    context: BrowserContext, own_broker: LiveBroker, cli_client: str
 ) -> None:
+    broker = own_broker
     window = attach_authenticator(context.new_page(), hasPrf=False)
     page = window.page
     owner_with_key(page, broker)

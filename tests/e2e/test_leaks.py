@@ -4,7 +4,6 @@ log line, HTML page and HTTP response is searched for the key and for token secr
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from playwright.sync_api import BrowserContext, Response, expect
@@ -13,19 +12,17 @@ from keybroker.crypto import tokens
 from keybroker.demo import create_demo_app
 from tests.e2e.conftest import Window
 from tests.e2e.test_consent_browser import open_popup
-from tests.live import LiveBroker, start_broker
+from tests.live import LiveBroker
 from tests.upstream import Upstream, serve_in_thread
 
 CANARY = "sk-test-LEAKCANARY-" + "7f3a9c" * 6
 
 
 @pytest.fixture
-def fresh(tmp_path: Path, upstream: Upstream) -> Iterator[tuple[LiveBroker, str]]:
-    broker = start_broker(tmp_path, {"KEYBROKER_UPSTREAM_URL": upstream.url})
-    server, demo = serve_in_thread(create_demo_app(broker.url))
-    yield broker, demo
+def fresh(own_broker: LiveBroker) -> Iterator[tuple[LiveBroker, str]]:
+    server, demo = serve_in_thread(create_demo_app(own_broker.url))
+    yield own_broker, demo
     server.should_exit = True
-    broker.stop()
 
 
 def test_no_key_or_token_secret_leaks(

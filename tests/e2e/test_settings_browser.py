@@ -15,8 +15,8 @@ from playwright.sync_api import BrowserContext, Page, expect
 from keybroker.demo import create_demo_app
 from tests.e2e.conftest import Window, attach_authenticator
 from tests.e2e.test_consent_browser import open_popup
-from tests.live import LiveBroker, start_broker
-from tests.upstream import Upstream, serve_in_thread
+from tests.live import LiveBroker
+from tests.upstream import serve_in_thread
 
 KEY = "sk-test-settings-" + "S" * 32
 TABLES = [
@@ -31,13 +31,6 @@ TABLES = [
     "audit_events",
     "challenges",
 ]
-
-
-@pytest.fixture
-def own_broker(tmp_path: Path, upstream: Upstream) -> Iterator[LiveBroker]:
-    live = start_broker(tmp_path, {"KEYBROKER_UPSTREAM_URL": upstream.url})
-    yield live
-    live.stop()
 
 
 @pytest.fixture

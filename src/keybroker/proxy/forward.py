@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import aiohttp
+from starlette.concurrency import run_in_threadpool
 from starlette.types import Message, Receive, Scope, Send
 
 from keybroker.crypto import tokens
@@ -118,8 +119,6 @@ class ProxyApp:
         month = month_of(utcnow())
         spent = await self.limits.spent(grant.id, month)
         if spent is None:
-            from starlette.concurrency import run_in_threadpool
-
             spent = await run_in_threadpool(monthly_spend, self.grants.engine, grant.id)
             await self.limits.set_spent(grant.id, month, spent)
         return spent
