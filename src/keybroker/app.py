@@ -58,7 +58,7 @@ def build_context(settings: Settings) -> Context:
     ring = KeyRing.parse(settings.master_keys)
     limits: Limits = MemoryLimits()
     challenges: ChallengeStore = DatabaseChallengeStore(engine)
-    cache = GrantCache(engine)
+    cache = GrantCache(engine, ring)
     bridge = None
     if settings.redis_url:
         import redis
@@ -77,7 +77,6 @@ def build_context(settings: Settings) -> Context:
         )
         bridge = RedisGrantBridge(async_redis, cache.invalidate)
     proxy = ProxyApp(
-        ring=ring,
         grants=cache,
         limits=limits,
         recorder=Recorder(engine, limits, PriceTable.load(settings.pricing_file)),

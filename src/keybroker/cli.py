@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import gc
 import logging
 import sys
 from collections.abc import Callable, Sequence
@@ -21,7 +22,13 @@ def app_factory() -> object:
     """uvicorn's factory for ``keybroker serve``: each worker reads the settings itself."""
     from keybroker.app import create_app
 
-    return create_app(load_settings(), migrate=False)
+    app = create_app(load_settings(), migrate=False)
+    # A full collection walks the ~130,000 objects that imports and start-up leave behind and
+    # stalls every request in flight for ~50 ms (docs/benchmarks.md). They live as long as the
+    # process, so they go to the permanent generation, out of the collector's way.
+    gc.collect()
+    gc.freeze()
+    return app
 
 
 def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:

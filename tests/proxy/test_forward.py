@@ -11,7 +11,7 @@ import httpx
 import pytest
 from sqlalchemy import event
 
-from keybroker.crypto import tokens
+from keybroker.crypto import tokens, vault
 from tests.helpers import APP, GOOD_KEY
 from tests.live import Live, wait_for
 
@@ -283,3 +283,41 @@ def test_metrics_count_proxied_requests(live: Live) -> None:
     assert 'keybroker_proxy_responses_total{status="200"}' in text
     assert "keybroker_usage_queue_length" in text
     assert token not in text
+
+
+def test_outer_layer_opened_once_per_cache_entry_key_per_request(
+    live: Live, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    token = live.grant()
+    parsed = tokens.parse_token(token)
+    opened: list[str] = []
+    real_outer, real_inner = tokens.open_outer_layer, tokens.open_inner_layer
+
+    def outer(sealed: str, grant_id: str, ring: object) -> str:
+        opened.append("outer")
+        return real_outer(sealed, grant_id, ring)  # type: ignore[arg-type]
+
+    def inner(sealed: str, app_token: tokens.AppToken) -> str:
+        opened.append("inner")
+        return real_inner(sealed, app_token)
+
+    monkeypatch.setattr(tokens, "open_outer_layer", outer)
+    monkeypatch.setattr(tokens, "open_inner_layer", inner)
+    sdk = live.client(token)
+    for _ in range(3):
+        sdk.models.list()
+    assert opened == ["outer", "inner", "inner", "inner"]
+    assert live.upstream.keys_seen()[-1] == f"Bearer {GOOD_KEY}"
+
+    # The cached inner layer is no key: without the token's secret it opens nothing.
+    cache = live.ctx.proxy.grants
+    grant = live.ctx.proxy.grants._entries[parsed.grant_id].grant
+    assert grant is not None
+    impostor = tokens.AppToken(parsed.grant_id, tokens.new_token(parsed.grant_id).secret)
+    with pytest.raises(vault.SealedRecordError):
+        cache.open_key(grant, impostor)
+
+    # A change to the grant drops the entry, and with it the opened outer layer.
+    cache.invalidate(parsed.grant_id)
+    sdk.models.list()
+    assert opened[-2:] == ["outer", "inner"]

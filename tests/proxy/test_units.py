@@ -96,6 +96,10 @@ def test_include_usage_is_added_without_rewriting_the_body() -> None:
 def test_duplicate_model_is_a_body_error() -> None:
     with pytest.raises(BodyError):
         json_fields(b'{"model":"a","model":"b"}')
+    with pytest.raises(BodyError):  # the same key spelled with an escape
+        json_fields(b'{"model":"a","mod\\u0065l":"b"}')
+    nested = b'{"model":"a","messages":[{"model":"b"}]}'
+    assert json_fields(nested) == {"model": "a", "messages": [{"model": "b"}]}
     assert json_fields(b"[1]") is None
     assert json_fields(b"{oops") is None
 

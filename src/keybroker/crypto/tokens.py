@@ -115,11 +115,19 @@ def seal_grant_copy(provider_key: str, token: AppToken, ring: KeyRing) -> str:
 
 
 def open_grant_copy(sealed: str, token: AppToken, ring: KeyRing) -> str:
-    inner = vault.open_sealed(
-        sealed, ring, expected_binding=vault.Binding(token.grant_id, OUTER_USE)
-    )
+    return open_inner_layer(open_outer_layer(sealed, token.grant_id, ring), token)
+
+
+def open_outer_layer(sealed: str, grant_id: str, ring: KeyRing) -> str:
+    """The grant copy's inner layer: still sealed under a key only the app's token gives."""
+    return vault.open_sealed(
+        sealed, ring, expected_binding=vault.Binding(grant_id, OUTER_USE)
+    ).decode()
+
+
+def open_inner_layer(inner: str, token: AppToken) -> str:
     return vault.open_direct(
-        inner.decode(), _inner_key(token), expected_binding=vault.Binding(token.grant_id, INNER_USE)
+        inner, _inner_key(token), expected_binding=vault.Binding(token.grant_id, INNER_USE)
     ).decode()
 
 

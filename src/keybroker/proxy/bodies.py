@@ -22,8 +22,15 @@ def _no_duplicate_model(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 
 def json_fields(body: bytes) -> dict[str, Any] | None:
     """The top-level object of a JSON body, or None when it is not a JSON object."""
+    # A second "model" key needs the literal twice or an escape (\u006d...): only then is
+    # the slower pair-by-pair parse needed, which sees every object of a long chat history.
+    suspicious = body.count(b'"model"') > 1 or b"\\u" in body
     try:
-        data = json.loads(body, object_pairs_hook=_no_duplicate_model)
+        data = (
+            json.loads(body, object_pairs_hook=_no_duplicate_model)
+            if suspicious
+            else json.loads(body)
+        )
     except BodyError:
         raise
     except (ValueError, UnicodeDecodeError):

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 
 from sqlalchemy import Engine
 from starlette.concurrency import run_in_threadpool
 
+from keybroker.crypto import tokens
+from keybroker.crypto.keyring import KeyRing
 from keybroker.events import GRANT_CHANGES
 from keybroker.grants import GrantView, get_grant
 
@@ -14,11 +17,19 @@ TTL_SECONDS = 5.0  # a missed change notification is healed within this time
 MAX_ENTRIES = 100_000
 
 
+@dataclass
+class _Entry:
+    grant: GrantView | None
+    at: float
+    inner: str | None = None  # the grant copy with its outer layer opened (see open_key)
+
+
 class GrantCache:
-    def __init__(self, engine: Engine, ttl: float = TTL_SECONDS) -> None:
+    def __init__(self, engine: Engine, ring: KeyRing, ttl: float = TTL_SECONDS) -> None:
         self.engine = engine
+        self.ring = ring
         self.ttl = ttl
-        self._entries: dict[str, tuple[GrantView | None, float]] = {}
+        self._entries: dict[str, _Entry] = {}
         GRANT_CHANGES.subscribe(self.invalidate)
 
     def close(self) -> None:
@@ -34,11 +45,28 @@ class GrantCache:
     async def get(self, grant_id: str) -> GrantView | None:
         now = time.monotonic()
         entry = self._entries.get(grant_id)
-        if entry is not None and now - entry[1] < self.ttl:
-            return entry[0]
+        if entry is not None and now - entry.at < self.ttl:
+            return entry.grant
         grant = await run_in_threadpool(get_grant, self.engine, grant_id)
         if len(self._entries) >= MAX_ENTRIES:
             self._entries.clear()
         # Unknown ids are cached too, so a flood of well-formed fake tokens costs one read each.
-        self._entries[grant_id] = (grant, now)
+        self._entries[grant_id] = _Entry(grant, now)
         return grant
+
+    def open_key(self, grant: GrantView, token: tokens.AppToken) -> str:
+        """The provider key for one request, from a grant whose token was verified.
+
+        The outer layer is under the master key, which this process holds anyway, so it is
+        opened once per cache entry; the inner layer, under a key derived from the app's
+        token, is opened on every request: no usable key outlives its request (DESIGN.md,
+        Key custody). Raises SealedRecordError or UnknownKidError.
+        """
+        assert grant.sealed_copy is not None
+        entry = self._entries.get(grant.id)
+        inner = entry.inner if entry is not None and entry.grant is grant else None
+        if inner is None:
+            inner = tokens.open_outer_layer(grant.sealed_copy, grant.id, self.ring)
+            if entry is not None and entry.grant is grant:
+                entry.inner = inner
+        return tokens.open_inner_layer(inner, token)

@@ -1,8 +1,9 @@
 """The hot path: an OpenAI-compatible reverse proxy as a plain ASGI app under /v1.
 
 Order of checks (cheapest first): path shape, token shape and checksum (no storage read for
-garbage), grant (cached), scope, rate, budget, body and model; then the grant copy is opened
-for this one request and the request goes upstream with only the headers that belong there.
+garbage), grant (cached), scope, rate, budget, body and model; then the provider key is
+opened from the grant copy for this one request (GrantCache.open_key) and the request goes
+upstream with only the headers that belong there.
 Answers stream back as they arrive; server-sent events are relayed event by event.
 """
 
@@ -19,7 +20,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.types import Message, Receive, Scope, Send
 
 from keybroker.crypto import tokens
-from keybroker.crypto.keyring import KeyRing, UnknownKidError
+from keybroker.crypto.keyring import UnknownKidError
 from keybroker.crypto.vault import SealedRecordError
 from keybroker.grants import GrantView
 from keybroker.models import utcnow
@@ -45,6 +46,9 @@ logger = logging.getLogger("keybroker.proxy")
 JSON_LIMIT = 32 * 1024 * 1024
 MULTIPART_LIMIT = 128 * 1024 * 1024
 USAGE_SCAN_LIMIT = 8 * 1024 * 1024
+# Bodies up to this size with a declared length are relayed without a disconnect watcher: a
+# watcher task costs more CPU than such a request's whole relay (docs/benchmarks.md).
+WATCH_ABOVE = 1024 * 1024
 BODYLESS = frozenset({"GET", "HEAD", "DELETE", "OPTIONS"})
 
 
@@ -90,13 +94,11 @@ class ProxyApp:
     def __init__(
         self,
         *,
-        ring: KeyRing,
         grants: GrantCache,
         limits: Limits,
         recorder: Recorder,
         upstream: Upstream,
     ) -> None:
-        self.ring = ring
         self.grants = grants
         self.limits = limits
         self.recorder = recorder
@@ -235,8 +237,7 @@ class ProxyApp:
         except ConnectionResetError:
             return
         try:
-            assert grant.sealed_copy is not None
-            key = tokens.open_grant_copy(grant.sealed_copy, token, self.ring)
+            key = self.grants.open_key(grant, token)
         except (SealedRecordError, UnknownKidError) as exc:
             logger.error("grant %s: its grant copy cannot be opened: %s", grant.id, exc)
             await errors.send_error(
@@ -363,9 +364,13 @@ class ProxyApp:
             return
         try:
             status = response.status
-            # The request body is fully read now: a disconnect from here on cancels upstream.
-            watcher = asyncio.create_task(_watch_disconnect(receive, response))
             content_type = response.headers.get("content-type", "")
+            streamed = content_type.startswith("text/event-stream")
+            length = response.content_length
+            if streamed or length is None or length > WATCH_ABOVE:
+                # The request body is fully read now: a disconnect from here on cancels
+                # upstream. A short body already on its way is relayed without a watcher.
+                watcher = asyncio.create_task(_watch_disconnect(receive, response))
             await send(
                 {
                     "type": "http.response.start",
@@ -373,12 +378,12 @@ class ProxyApp:
                     "headers": [*response_headers(response), *cors],
                 }
             )
-            if content_type.startswith("text/event-stream"):
+            if streamed:
                 await self._relay_events(response, send, seen, prepared.strip_usage_chunk)
             else:
                 await self._relay_body(response, send, seen, scan="json" in content_type)
             await send({"type": "http.response.body", "body": b""})
-            interrupted = watcher.done()
+            interrupted = watcher is not None and watcher.done()
         except (TimeoutError, aiohttp.ClientError, OSError, asyncio.CancelledError) as exc:
             interrupted = True
             if isinstance(exc, asyncio.CancelledError):

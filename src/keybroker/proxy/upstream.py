@@ -18,15 +18,15 @@ REQUEST_PREFIXES = (b"x-stainless-",)
 # Response headers the app gets back; the owner's organisation and project ids do not.
 RESPONSE_HEADERS = frozenset(
     {
-        "content-type",
-        "content-disposition",
-        "x-request-id",
-        "openai-processing-ms",
-        "openai-version",
-        "retry-after",
+        b"content-type",
+        b"content-disposition",
+        b"x-request-id",
+        b"openai-processing-ms",
+        b"openai-version",
+        b"retry-after",
     }
 )
-RESPONSE_PREFIXES = ("x-ratelimit-",)
+RESPONSE_PREFIXES = (b"x-ratelimit-",)
 
 
 def upstream_request_headers(headers: list[tuple[bytes, bytes]], key: str) -> dict[str, str]:
@@ -38,11 +38,12 @@ def upstream_request_headers(headers: list[tuple[bytes, bytes]], key: str) -> di
 
 
 def response_headers(upstream: aiohttp.ClientResponse) -> list[tuple[bytes, bytes]]:
+    # The raw bytes as received: no str round trip per header on the hot path.
     out = []
-    for name, value in upstream.headers.items():
+    for name, value in upstream.raw_headers:
         lower = name.lower()
         if lower in RESPONSE_HEADERS or lower.startswith(RESPONSE_PREFIXES):
-            out.append((lower.encode("latin-1"), value.encode("latin-1")))
+            out.append((lower, value))
     return out
 
 
