@@ -3,6 +3,8 @@ from __future__ import annotations
 import base64
 
 import pytest
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -80,3 +82,11 @@ def test_rewrap_keeps_the_token_working() -> None:
     moved = tokens.rewrap_grant_copy(sealed, token.grant_id, rotated)
     only_new = KeyRing.parse(rotated.serialize().split(",")[0])
     assert tokens.open_grant_copy(moved, token, only_new) == "sk-test-secret"
+
+
+@given(st.text(min_size=1, max_size=64), st.text(min_size=1, max_size=64))
+def test_inner_key_is_rfc5869_hkdf(grant_id: str, secret: str) -> None:
+    expected = HKDF(
+        algorithm=hashes.SHA256(), length=32, salt=grant_id.encode(), info=tokens._HKDF_INFO
+    ).derive(secret.encode())
+    assert tokens._inner_key(tokens.AppToken(grant_id, secret)) == expected

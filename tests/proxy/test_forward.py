@@ -293,11 +293,11 @@ def test_outer_layer_opened_once_per_cache_entry_key_per_request(
     opened: list[str] = []
     real_outer, real_inner = tokens.open_outer_layer, tokens.open_inner_layer
 
-    def outer(sealed: str, grant_id: str, ring: object) -> str:
+    def outer(sealed: str, grant_id: str, ring: object) -> vault.ParsedRecord:
         opened.append("outer")
         return real_outer(sealed, grant_id, ring)  # type: ignore[arg-type]
 
-    def inner(sealed: str, app_token: tokens.AppToken) -> str:
+    def inner(sealed: vault.ParsedRecord, app_token: tokens.AppToken) -> str:
         opened.append("inner")
         return real_inner(sealed, app_token)
 

@@ -18,9 +18,6 @@ import secrets
 import zlib
 from dataclasses import dataclass
 
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.kdf.hkdf import HKDF
-
 from keybroker.crypto import vault
 from keybroker.crypto.keyring import KeyRing
 
@@ -103,8 +100,12 @@ def secret_matches(token: AppToken, stored_hash: str) -> bool:
 
 
 def _inner_key(token: AppToken) -> bytes:
-    hkdf = HKDF(algorithm=hashes.SHA256(), length=32, salt=token.grant_id.encode(), info=_HKDF_INFO)
-    return hkdf.derive(token.secret.encode())
+    # HKDF-SHA256 (RFC 5869 §2.2-2.3) for one 32-byte block: the same bytes as cryptography's
+    # HKDF (tests/crypto/test_tokens.py) at half the cost on the hot path. Not hmac.digest():
+    # on CPython 3.11 it releases the GIL, and a busy thread then holds the event loop for a
+    # whole switch interval (5 ms) each time.
+    prk = hmac.new(token.grant_id.encode(), token.secret.encode(), "sha256").digest()
+    return hmac.new(prk, _HKDF_INFO + b"\x01", "sha256").digest()
 
 
 def seal_grant_copy(provider_key: str, token: AppToken, ring: KeyRing) -> str:
@@ -118,17 +119,20 @@ def open_grant_copy(sealed: str, token: AppToken, ring: KeyRing) -> str:
     return open_inner_layer(open_outer_layer(sealed, token.grant_id, ring), token)
 
 
-def open_outer_layer(sealed: str, grant_id: str, ring: KeyRing) -> str:
-    """The grant copy's inner layer: still sealed under a key only the app's token gives."""
-    return vault.open_sealed(
-        sealed, ring, expected_binding=vault.Binding(grant_id, OUTER_USE)
-    ).decode()
+def open_outer_layer(sealed: str, grant_id: str, ring: KeyRing) -> vault.ParsedRecord:
+    """The grant copy's inner layer, checked: still sealed under a key only the token gives."""
+    inner = vault.open_sealed(sealed, ring, expected_binding=vault.Binding(grant_id, OUTER_USE))
+    try:
+        text = inner.decode("ascii")
+    except UnicodeDecodeError:
+        raise vault.SealedRecordError("grant copy has no readable inner layer") from None
+    return vault.parse_direct(text, expected_binding=vault.Binding(grant_id, INNER_USE))
 
 
-def open_inner_layer(inner: str, token: AppToken) -> str:
-    return vault.open_direct(
-        inner, _inner_key(token), expected_binding=vault.Binding(token.grant_id, INNER_USE)
-    ).decode()
+def open_inner_layer(inner: vault.ParsedRecord, token: AppToken) -> str:
+    if inner.header.get("kb_sub") != token.grant_id:  # parse_direct bound it to its grant
+        raise vault.SealedRecordError("sealed record belongs to another row")
+    return inner.decrypt(_inner_key(token)).decode()
 
 
 def rewrap_grant_copy(sealed: str, grant_id: str, ring: KeyRing) -> str:

@@ -17,7 +17,7 @@ import base64
 import binascii
 import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from cryptography.exceptions import InvalidTag
@@ -83,7 +83,15 @@ def seal(plaintext: bytes, ring: KeyRing, *, binding: Binding) -> str:
 
 def open_sealed(token: str, ring: KeyRing, *, expected_binding: Binding) -> bytes:
     """Open a record sealed by :func:`seal`; raises UnknownKidError or SealedRecordError."""
-    return _open(token, ring, None, expected_alg=ALG, expected_binding=expected_binding)
+    record = parse(token, expected_alg=ALG, expected_binding=expected_binding)
+    kid = record.header.get("kid")
+    if not isinstance(kid, str):
+        raise SealedRecordError("sealed record has no kid")
+    try:
+        cek = aes_key_unwrap(ring.key(kid), record.wrapped_key)  # RFC 3394 integrity check
+    except (InvalidUnwrap, ValueError):
+        raise SealedRecordError("sealed record failed to decrypt") from None
+    return record.decrypt(cek)
 
 
 def seal_direct(plaintext: bytes, key: bytes, *, binding: Binding) -> str:
@@ -92,7 +100,36 @@ def seal_direct(plaintext: bytes, key: bytes, *, binding: Binding) -> str:
 
 
 def open_direct(token: str, key: bytes, *, expected_binding: Binding) -> bytes:
-    return _open(token, None, key, expected_alg=DIRECT, expected_binding=expected_binding)
+    return parse_direct(token, expected_binding=expected_binding).decrypt(key)
+
+
+def parse_direct(token: str, *, expected_binding: Binding) -> ParsedRecord:
+    """A record sealed by :func:`seal_direct`, checked and split, for opening later."""
+    record = parse(token, expected_alg=DIRECT, expected_binding=expected_binding)
+    if record.wrapped_key:  # RFC 7518 §4.5: with "dir" the encrypted key is empty
+        raise SealedRecordError("sealed record has a key where none belongs")
+    return record
+
+
+@dataclass(frozen=True)
+class ParsedRecord:
+    """A sealed record that passed every check but the AES-GCM tag, which needs the key."""
+
+    header: dict[str, Any] = field(repr=False)
+    aad: bytes = field(repr=False)
+    wrapped_key: bytes = field(repr=False)
+    iv: bytes = field(repr=False)
+    ciphertext_and_tag: bytes = field(repr=False)
+
+    def decrypt(self, cek: bytes) -> bytes:
+        if len(cek) != CEK_BYTES:
+            raise SealedRecordError("sealed record failed to decrypt")
+        try:
+            # The AAD is the protected header as encoded (RFC 7516 §5.2 step 14): the header
+            # checked by parse() is authenticated here, or nothing is returned.
+            return AESGCM(cek).decrypt(self.iv, self.ciphertext_and_tag, self.aad)
+        except InvalidTag:
+            raise SealedRecordError("sealed record failed to decrypt") from None
 
 
 def _b64(segment: str) -> bytes:
@@ -113,15 +150,8 @@ def _header(segment: str) -> dict[str, Any]:
     return header
 
 
-def _open(
-    token: str,
-    ring: KeyRing | None,
-    direct_key: bytes | None,
-    *,
-    expected_alg: str,
-    expected_binding: Binding,
-) -> bytes:
-    """RFC 7516 §5.2 for the one shape :func:`seal` and :func:`seal_direct` write."""
+def parse(token: str, *, expected_alg: str, expected_binding: Binding) -> ParsedRecord:
+    """RFC 7516 §5.2 steps 1-4 and the header checks, for the one shape we write."""
     if not COMPACT_RE.match(token):
         raise SealedRecordError("sealed record is not a compact JWE")
     protected, wrapped_b64, iv_b64, ciphertext_b64, tag_b64 = token.split(".")
@@ -132,34 +162,16 @@ def _open(
         raise SealedRecordError("sealed record uses an algorithm keybroker does not accept")
     if "zip" in header or "crit" in header:
         raise SealedRecordError("sealed record asks for features keybroker does not accept")
-    wrapped, iv, tag = _b64(wrapped_b64), _b64(iv_b64), _b64(tag_b64)
-    if len(iv) != IV_BYTES or len(tag) != TAG_BYTES:
-        raise SealedRecordError("sealed record has a malformed IV or tag")
-    if ring is not None:
-        kid = header.get("kid")
-        if not isinstance(kid, str):
-            raise SealedRecordError("sealed record has no kid")
-        try:
-            cek = aes_key_unwrap(ring.key(kid), wrapped)  # RFC 3394 integrity check
-        except (InvalidUnwrap, ValueError):
-            raise SealedRecordError("sealed record failed to decrypt") from None
-    else:
-        if wrapped:  # RFC 7518 §4.5: with "dir" the encrypted key is empty
-            raise SealedRecordError("sealed record has a key where none belongs")
-        assert direct_key is not None
-        cek = direct_key
-    if len(cek) != CEK_BYTES:
-        raise SealedRecordError("sealed record failed to decrypt")
-    try:
-        # The AAD is the protected header exactly as encoded (RFC 7516 §5.2 step 14).
-        plaintext = AESGCM(cek).decrypt(iv, _b64(ciphertext_b64) + tag, protected.encode("ascii"))
-    except InvalidTag:
-        raise SealedRecordError("sealed record failed to decrypt") from None
     if header.get("kb_sub") != expected_binding.subject:
         raise SealedRecordError("sealed record belongs to another row")
     if header.get("kb_use") != expected_binding.purpose:
         raise SealedRecordError("sealed record belongs to another purpose")
-    return plaintext
+    iv, tag = _b64(iv_b64), _b64(tag_b64)
+    if len(iv) != IV_BYTES or len(tag) != TAG_BYTES:
+        raise SealedRecordError("sealed record has a malformed IV or tag")
+    return ParsedRecord(
+        header, protected.encode("ascii"), _b64(wrapped_b64), iv, _b64(ciphertext_b64) + tag
+    )
 
 
 def rewrap(token: str, ring: KeyRing, *, expected_binding: Binding) -> str:

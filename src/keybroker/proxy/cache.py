@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from sqlalchemy import Engine
 from starlette.concurrency import run_in_threadpool
 
-from keybroker.crypto import tokens
+from keybroker.crypto import tokens, vault
 from keybroker.crypto.keyring import KeyRing
 from keybroker.events import GRANT_CHANGES
 from keybroker.grants import GrantView, get_grant
@@ -21,7 +21,7 @@ MAX_ENTRIES = 100_000
 class _Entry:
     grant: GrantView | None
     at: float
-    inner: str | None = None  # the grant copy with its outer layer opened (see open_key)
+    inner: vault.ParsedRecord | None = None  # the grant copy's outer layer, opened
 
 
 class GrantCache:

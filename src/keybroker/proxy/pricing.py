@@ -19,6 +19,7 @@ class PriceTable:
     def __init__(self, prices: dict[str, tuple[float, float]]) -> None:
         # Longest prefix first, so gpt-4o-mini wins over gpt-4o.
         self._prices = sorted(prices.items(), key=lambda item: -len(item[0]))
+        self._found: dict[str, tuple[float, float] | None] = {}  # model -> price, as looked up
 
     @classmethod
     def load(cls, path: Path | None = None) -> PriceTable:
@@ -29,10 +30,16 @@ class PriceTable:
         )
 
     def price(self, model: str) -> tuple[float, float] | None:
+        if model in self._found:
+            return self._found[model]
+        found = None
         for prefix, price in self._prices:
             if model == prefix or model.startswith(prefix + "-"):
-                return price
-        return None
+                found = price
+                break
+        if len(self._found) < 10_000:  # model names come from upstream answers: bounded
+            self._found[model] = found
+        return found
 
     def cost(self, model: str, input_tokens: int, output_tokens: int) -> Cost:
         price = self.price(model)
