@@ -69,6 +69,9 @@ class Arms:
     def url(self, arm: str) -> str:
         return {"direct": self.direct, "keybroker": self.keybroker, "floor": self.floor}[arm]
 
+    def pid(self, arm: str) -> int:
+        return {"direct": self.procs[0].pid, "floor": self.procs[1].pid}.get(arm, self.broker_pid)
+
 
 def start(tmp: Path) -> Arms:
     env = {k: v for k, v in os.environ.items() if not k.startswith("KEYBROKER_")}
@@ -179,6 +182,12 @@ class WrkResult:
     p50: float
     p99: float
     errors: int
+    cpu_us: float = 0.0  # CPU time of the arm's own process per request: steadier than req/s
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def wrk(url: str, auth: str, connections: int, seconds: int) -> WrkResult:
@@ -337,7 +346,10 @@ def run(arms: Arms, args: argparse.Namespace) -> str:
     for _ in range(args.rounds):
         for connections in (1, 32):
             for arm in ("direct", "keybroker", "floor"):
+                before = cpu_seconds(arms.pid(arm))
                 result = wrk(arms.url(arm), arms.auth(arm), connections, args.seconds)
+                spent = cpu_seconds(arms.pid(arm)) - before
+                result.cpu_us = spent * 1e6 / max(1.0, result.rps * args.seconds)
                 table.setdefault((arm, connections), []).append(result)
 
     def agg(arm: str, conns: int) -> WrkResult:
@@ -347,6 +359,7 @@ def run(arms: Arms, args: argparse.Namespace) -> str:
             p50([r.p50 for r in runs]),
             p50([r.p99 for r in runs]),
             sum(r.errors for r in runs),
+            p50([r.cpu_us for r in runs]),
         )
 
     streams = asyncio.run(streaming(arms, 15))
@@ -427,10 +440,12 @@ def render(
         "aiohttp passthrough with no checks.",
         f"- Load: wrk, POST /v1/chat/completions with a small JSON body, {args.seconds} s per run,"
         f" {args.rounds} interleaved rounds, medians shown; wrk, the upstream, the floor and "
-        "the broker share the 2 cores.",
+        "the broker share the 2 cores. CPU µs/request is the CPU time of the arm's own process "
+        "(the upstream for direct) divided by the requests it served: the steadiest figure on a "
+        "shared machine, and the one that bounds throughput.",
         "",
-        "| arm | conns | req/s | p50 ms | p99 ms | errors |",
-        "|---|---|---|---|---|---|",
+        "| arm | conns | req/s | p50 ms | p99 ms | errors | CPU µs/request |",
+        "|---|---|---|---|---|---|---|",
     ]
     for name, conns, r in (
         ("direct", 1, d1),
@@ -441,7 +456,8 @@ def render(
         ("floor", 32, f32),
     ):
         lines.append(
-            f"| {name} | {conns} | {r.rps:,.0f} | {r.p50:.3f} | {r.p99:.3f} | {r.errors} |"
+            f"| {name} | {conns} | {r.rps:,.0f} | {r.p50:.3f} | {r.p99:.3f} | {r.errors} "
+            f"| {r.cpu_us:.0f} |"
         )
     lines += [
         "",

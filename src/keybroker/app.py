@@ -24,7 +24,7 @@ from keybroker.crypto.keyring import KeyRing
 from keybroker.oauth import endpoints as oauth_endpoints
 from keybroker.oauth.grants import build_server
 from keybroker.proxy import grant_info
-from keybroker.proxy.cache import GrantCache
+from keybroker.proxy.cache import LOCAL_TTL_SECONDS, SHARED_TTL_SECONDS, GrantCache
 from keybroker.proxy.forward import ProxyApp
 from keybroker.proxy.limits import Limits, MemoryLimits
 from keybroker.proxy.pricing import PriceTable
@@ -58,7 +58,9 @@ def build_context(settings: Settings) -> Context:
     ring = KeyRing.parse(settings.master_keys)
     limits: Limits = MemoryLimits()
     challenges: ChallengeStore = DatabaseChallengeStore(engine)
-    cache = GrantCache(engine, ring)
+    cache = GrantCache(
+        engine, ring, ttl=SHARED_TTL_SECONDS if settings.redis_url else LOCAL_TTL_SECONDS
+    )
     bridge = None
     if settings.redis_url:
         import redis
@@ -75,7 +77,7 @@ def build_context(settings: Settings) -> Context:
         challenges = RedisChallengeStore(
             redis.Redis.from_url(settings.redis_url, socket_timeout=2, socket_connect_timeout=2)
         )
-        bridge = RedisGrantBridge(async_redis, cache.invalidate)
+        bridge = RedisGrantBridge(async_redis, cache.invalidate, on_reset=cache.clear)
     proxy = ProxyApp(
         grants=cache,
         limits=limits,

@@ -90,3 +90,17 @@ def test_rewrap_moves_to_the_active_kid() -> None:
     assert vault.record_kid(moved) == "k2"
     only_new = KeyRing.parse(rotated.serialize().split(",")[0])
     assert vault.open_sealed(moved, only_new, expected_binding=HERE) == b"sk-x"
+
+
+def test_a_second_spelling_of_the_same_bytes_is_refused() -> None:
+    # The tag's 22nd character carries 2 bits of the tag and 4 unused ones: setting an unused
+    # bit spells the same bytes differently. A record has exactly one spelling.
+    sealed = vault.seal(b"sk-x", RING, binding=HERE)
+    head, tag = sealed.rsplit(".", 1)
+    alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+    respelled = tag[:-1] + alphabet[alphabet.index(tag[-1]) ^ 1]
+    lenient = base64.urlsafe_b64decode  # ignores the unused bits, as RFC 4648 §3.5 allows
+    assert lenient(respelled + "==") == lenient(tag + "==")
+    assert vault.open_sealed(sealed, RING, expected_binding=HERE) == b"sk-x"
+    with pytest.raises(vault.SealedRecordError, match="canonical"):
+        vault.open_sealed(f"{head}.{respelled}", RING, expected_binding=HERE)

@@ -135,9 +135,14 @@ class ParsedRecord:
 def _b64(segment: str) -> bytes:
     # The segment's alphabet was checked by COMPACT_RE; a bad length still fails here.
     try:
-        return base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
+        raw = base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
     except (binascii.Error, ValueError):
         raise SealedRecordError("sealed record is not base64url") from None
+    # One spelling per record: stray low bits in the last character are refused, not ignored
+    # (RFC 4648 §3.5 lets a decoder reject them; joserfc does, and so do we).
+    if base64.urlsafe_b64encode(raw).rstrip(b"=") != segment.encode("ascii"):
+        raise SealedRecordError("sealed record is not canonical base64url")
+    return raw
 
 
 def _header(segment: str) -> dict[str, Any]:

@@ -13,7 +13,13 @@ from keybroker.crypto.keyring import KeyRing
 from keybroker.events import GRANT_CHANGES
 from keybroker.grants import GrantView, get_grant
 
-TTL_SECONDS = 5.0  # a missed change notification is healed within this time
+# How long an entry is trusted without a read. Every change in this process drops its entry
+# at once (events.GRANT_CHANGES); the TTL only bounds what nobody announced here: with Redis,
+# a change message lost while the channel was down; without it, a row edited by another
+# process (the CLI). A short TTL costs every app that calls less often than that a database
+# read and a thread hop on its next request (docs/benchmarks.md: time to first chunk).
+SHARED_TTL_SECONDS = 5.0
+LOCAL_TTL_SECONDS = 60.0
 MAX_ENTRIES = 100_000
 
 
@@ -25,7 +31,7 @@ class _Entry:
 
 
 class GrantCache:
-    def __init__(self, engine: Engine, ring: KeyRing, ttl: float = TTL_SECONDS) -> None:
+    def __init__(self, engine: Engine, ring: KeyRing, *, ttl: float) -> None:
         self.engine = engine
         self.ring = ring
         self.ttl = ttl
@@ -41,6 +47,9 @@ class GrantCache:
 
     def invalidate(self, grant_id: str) -> None:
         self._entries.pop(grant_id, None)
+
+    def clear(self) -> None:
+        self._entries.clear()
 
     async def get(self, grant_id: str) -> GrantView | None:
         now = time.monotonic()

@@ -1,11 +1,12 @@
 """Grant changes across instances: publish on revoke or limit change, every instance drops
-its cached copy. Cache entries also expire within seconds, for a message missed while Redis
-was away."""
+its cached copy. On every (re)subscription the whole cache goes, since messages may have been
+missed meanwhile; entries also expire within seconds, for a publish that failed."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
@@ -17,9 +18,12 @@ logger = logging.getLogger("keybroker.redis")
 
 
 class RedisGrantBridge:
-    def __init__(self, client: Redis, on_change: object) -> None:
+    def __init__(
+        self, client: Redis, on_change: Callable[[str], None], *, on_reset: Callable[[], None]
+    ) -> None:
         self.redis = client
         self.on_change = on_change
+        self.on_reset = on_reset
         self._task: asyncio.Task[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
 
@@ -52,13 +56,12 @@ class RedisGrantBridge:
             try:
                 pubsub = self.redis.pubsub()
                 await pubsub.subscribe(CHANNEL)
+                self.on_reset()  # whatever was published while we were not listening
                 async for message in pubsub.listen():
                     if message.get("type") == "message":
                         grant_id = message["data"]
                         self.on_change(
-                            grant_id.decode()
-                            if isinstance(grant_id, bytes)  # type: ignore[operator]
-                            else grant_id
+                            grant_id.decode() if isinstance(grant_id, bytes) else grant_id
                         )
             except asyncio.CancelledError:
                 raise
