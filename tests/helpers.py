@@ -138,9 +138,17 @@ def grant_token(
     return data
 
 
-def confirmed(client: TestClient, authn: SoftAuthenticator, url: str) -> Any:
-    """POST a consequential action with a fresh passkey confirmation."""
+def confirmed(
+    client: TestClient, authn: SoftAuthenticator, url: str, fields: dict[str, Any] | None = None
+) -> Any:
+    """POST a consequential action (with ``fields``) and a fresh passkey confirmation."""
     start = post(client, "/auth/confirm/options").json()
     return post(
-        client, url, {"ceremony": start["ceremony"], "credential": authn.get(start["publicKey"])}
+        client,
+        url,
+        {
+            **(fields or {}),
+            "ceremony": start["ceremony"],
+            "credential": authn.get(start["publicKey"]),
+        },
     )

@@ -115,16 +115,7 @@ def test_strict_custody_database_and_master_keys_open_nothing(client: TestClient
     save_key(client)
     old_token = grant_token(client, owner)["access_token"]  # consent adds the passkey's slot
     assert slots(client) == 1
-    start = post(client, "/auth/confirm/options").json()
-    strict = post(
-        client,
-        "/settings/custody",
-        {
-            "strict": True,
-            "ceremony": start["ceremony"],
-            "credential": owner.get(start["publicKey"]),
-        },
-    )
+    strict = confirmed(client, owner, "/settings/custody", {"strict": True})
     assert strict.status_code == 200, strict.text
     assert "Strict custody" in client.get("/settings").text
 
@@ -154,19 +145,7 @@ def test_two_prf_passkeys_each_open_and_removing_one_leaves_the_other(
     assert add_passkey(client, second) == {"ok": True, "key_slot": True}  # via the master slot
     grant_token(client, first)  # the first passkey gets its slot at consent
     assert slots(client) == 2
-    start = post(client, "/auth/confirm/options").json()
-    assert (
-        post(
-            client,
-            "/settings/custody",
-            {
-                "strict": True,
-                "ceremony": start["ceremony"],
-                "credential": second.get(start["publicKey"]),
-            },
-        ).status_code
-        == 200
-    )
+    assert confirmed(client, second, "/settings/custody", {"strict": True}).status_code == 200
     ctx = get_context(client)
     with Session(ctx.engine) as db:
         keys = {p.credential_id: p for p in db.execute(select(Passkey)).scalars()}
@@ -197,16 +176,7 @@ def test_passkey_without_prf_keeps_master_custody_and_strict_is_refused(
     page = client.get("/settings").text
     assert "Master-key custody" in page
     assert "not supported" in page
-    start = post(client, "/auth/confirm/options").json()
-    refused = post(
-        client,
-        "/settings/custody",
-        {
-            "strict": True,
-            "ceremony": start["ceremony"],
-            "credential": plain.get(start["publicKey"]),
-        },
-    )
+    refused = confirmed(client, plain, "/settings/custody", {"strict": True})
     assert refused.status_code == 409
     assert "PRF" in refused.json()["error"]
     assert "First passkey" in refused.json()["error"]
@@ -216,16 +186,7 @@ def test_last_slot_in_strict_custody_needs_key_deletion_confirmed(client: TestCl
     owner = register(client, prf_authenticator())
     save_key(client)
     grant_token(client, owner)
-    start = post(client, "/auth/confirm/options").json()
-    post(
-        client,
-        "/settings/custody",
-        {
-            "strict": True,
-            "ceremony": start["ceremony"],
-            "credential": owner.get(start["publicKey"]),
-        },
-    )
+    confirmed(client, owner, "/settings/custody", {"strict": True})
     other = SoftAuthenticator()  # no PRF: a passkey that cannot hold a slot
     add_passkey(client, other, confirm_with=owner)
     with Session(get_context(client).engine) as db:
@@ -236,16 +197,7 @@ def test_last_slot_in_strict_custody_needs_key_deletion_confirmed(client: TestCl
     assert refused.status_code == 409
     assert "deletes your OpenAI key" in refused.json()["error"]
     assert refused.json()["code"] == "confirm_delete_key"  # the page asks, then retries
-    start = post(client, "/auth/confirm/options").json()
-    done = post(
-        client,
-        f"/settings/passkeys/{mine.id}/remove",
-        {
-            "delete_key": True,
-            "ceremony": start["ceremony"],
-            "credential": other.get(start["publicKey"]),
-        },
-    )
+    done = confirmed(client, other, f"/settings/passkeys/{mine.id}/remove", {"delete_key": True})
     assert done.status_code == 200
     assert provider_keys.stored_key(get_context(client).engine, user_id(client)) is None
 
@@ -254,28 +206,10 @@ def test_a_refused_passkey_removal_deletes_nothing(client: TestClient) -> None:
     owner = register(client, prf_authenticator())
     save_key(client)
     grant_token(client, owner)
-    start = post(client, "/auth/confirm/options").json()
-    post(
-        client,
-        "/settings/custody",
-        {
-            "strict": True,
-            "ceremony": start["ceremony"],
-            "credential": owner.get(start["publicKey"]),
-        },
-    )
+    confirmed(client, owner, "/settings/custody", {"strict": True})
     with Session(get_context(client).engine) as db:
         only = db.execute(select(Passkey)).scalar_one()
-    start = post(client, "/auth/confirm/options").json()
-    refused = post(
-        client,
-        f"/settings/passkeys/{only.id}/remove",
-        {
-            "delete_key": True,
-            "ceremony": start["ceremony"],
-            "credential": owner.get(start["publicKey"]),
-        },
-    )
+    refused = confirmed(client, owner, f"/settings/passkeys/{only.id}/remove", {"delete_key": True})
     assert refused.status_code == 409
     assert "only passkey" in refused.json()["error"]
     # The key survives a removal that did not happen.

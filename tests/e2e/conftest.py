@@ -15,6 +15,7 @@ from playwright.sync_api import (
     CDPSession,
     Page,
     Playwright,
+    expect,
     sync_playwright,
 )
 
@@ -132,6 +133,17 @@ class Window:
         self.cdp.send(
             "WebAuthn.setResponseOverrideBits", {"authenticatorId": self.authenticator_id, **bits}
         )
+
+
+def owner_with_key(page: Page, broker: LiveBroker, key: str) -> None:
+    """Sign up with a passkey on ``page`` and save ``key`` through the key page."""
+    page.goto(f"{broker.url}/signin")
+    page.get_by_role("button", name="Create passkey").click()
+    expect(page.get_by_role("heading", name="Settings")).to_be_visible()
+    page.goto(f"{broker.url}/key")
+    page.get_by_label("OpenAI API key").fill(key)
+    page.get_by_role("button", name="Save key").click()
+    expect(page.get_by_role("status")).to_contain_text("Key saved")
 
 
 def attach_authenticator(page: Page, **options: Any) -> Window:

@@ -13,7 +13,7 @@ from playwright.sync_api import BrowserContext, Page, expect
 from keybroker import db, provider_keys
 from keybroker.crypto.keyring import KeyRing
 from keybroker.settings import load_settings
-from tests.e2e.conftest import attach_authenticator
+from tests.e2e.conftest import attach_authenticator, owner_with_key
 from tests.e2e.loopback import Callback, register_app
 from tests.helpers import authorize_query, pkce
 from tests.live import LiveBroker
@@ -61,16 +61,6 @@ def works(broker: LiveBroker, token: str) -> bool:
     )
 
 
-def owner_with_key(page: Page, broker: LiveBroker) -> None:
-    page.goto(f"{broker.url}/signin")
-    page.get_by_role("button", name="Create passkey").click()
-    expect(page.get_by_role("heading", name="Settings")).to_be_visible()
-    page.goto(f"{broker.url}/key")
-    page.get_by_label("OpenAI API key").fill(KEY)
-    page.get_by_role("button", name="Save key").click()
-    expect(page.get_by_role("status")).to_contain_text("Key saved")
-
-
 def switch_custody(page: Page, broker: LiveBroker, name: str) -> None:
     page.goto(f"{broker.url}/settings#key")
     page.get_by_role("button", name=name).click()
@@ -90,7 +80,7 @@ def test_strict_custody_locks_the_operator_out(
 
     window = attach_authenticator(context.new_page())  # hasPrf
     page = window.page
-    owner_with_key(page, broker)
+    owner_with_key(page, broker, KEY)
     before = allow_app(page, broker, cli_client)  # this consent gives the passkey its slot
     page.goto(f"{broker.url}/settings")
     expect(page.locator("table.passkeys")).to_contain_text("supported")
@@ -112,7 +102,7 @@ def test_two_prf_passkeys_each_open_and_one_can_go(
 ) -> None:
     broker = own_broker
     first = attach_authenticator(context.new_page())
-    owner_with_key(first.page, broker)
+    owner_with_key(first.page, broker, KEY)
     # A second device: another window of the same browser session, its own authenticator.
     second = attach_authenticator(context.new_page())
     second.page.goto(f"{broker.url}/settings")
@@ -140,7 +130,7 @@ def test_passkey_without_prf_keeps_master_custody(
     broker = own_broker
     window = attach_authenticator(context.new_page(), hasPrf=False)
     page = window.page
-    owner_with_key(page, broker)
+    owner_with_key(page, broker, KEY)
     assert works(broker, allow_app(page, broker, cli_client))
     page.goto(f"{broker.url}/settings")
     expect(page.locator("table.passkeys")).to_contain_text("not supported")

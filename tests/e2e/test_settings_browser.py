@@ -13,7 +13,7 @@ import pytest
 from playwright.sync_api import BrowserContext, Page, expect
 
 from keybroker.demo import create_demo_app
-from tests.e2e.conftest import Window, attach_authenticator
+from tests.e2e.conftest import Window, attach_authenticator, owner_with_key
 from tests.e2e.test_consent_browser import open_popup
 from tests.live import LiveBroker
 from tests.upstream import serve_in_thread
@@ -85,13 +85,7 @@ def test_settings_controls_every_app(
 ) -> None:
     broker = own_broker
     page = window.page
-    page.goto(f"{broker.url}/signin")
-    page.get_by_role("button", name="Create passkey").click()
-    expect(page.get_by_role("heading", name="Settings")).to_be_visible()
-    page.goto(f"{broker.url}/key")
-    page.get_by_label("OpenAI API key").fill(KEY)
-    page.get_by_role("button", name="Save key").click()
-    expect(page.get_by_role("status")).to_contain_text("Key saved")
+    owner_with_key(page, broker, KEY)
     credentials = window.credentials()
 
     app_a, app_b = two_apps
