@@ -73,9 +73,10 @@ class GrantCache:
         """
         assert grant.sealed_copy is not None
         entry = self._entries.get(grant.id)
-        inner = entry.inner if entry is not None and entry.grant is grant else None
-        if inner is None:
+        if entry is None or entry.grant is not grant:  # dropped or refreshed meanwhile
             inner = tokens.open_outer_layer(grant.sealed_copy, grant.id, self.ring)
-            if entry is not None and entry.grant is grant:
-                entry.inner = inner
+        else:
+            if entry.inner is None:
+                entry.inner = tokens.open_outer_layer(grant.sealed_copy, grant.id, self.ring)
+            inner = entry.inner
         return tokens.open_inner_layer(inner, token)
