@@ -270,10 +270,10 @@ async def stream_once(
 
 
 async def streaming(arms: Arms, runs: int) -> dict[str, list[StreamRun]]:
-    results: dict[str, list[StreamRun]] = {"direct": [], "keybroker": []}
+    results: dict[str, list[StreamRun]] = {"direct": [], "keybroker": [], "floor": []}
     async with aiohttp.ClientSession() as session:
         for _ in range(runs):
-            for arm in ("direct", "keybroker"):
+            for arm in results:
                 results[arm].append(
                     await stream_once(session, arms.url(arm), arms.auth(arm), 64, 20)
                 )
@@ -463,8 +463,9 @@ def render(
         "",
         f"Streaming: 64 chunks paced 20 ms apart, {len(streams['direct'])} runs per arm; "
         f"time to first chunk p50 direct {ttfc['direct']:.2f} ms, keybroker "
-        f"{ttfc['keybroker']:.2f} ms; gap p50 direct {gap['direct']:.3f} ms, keybroker "
-        f"{gap['keybroker']:.3f} ms.",
+        f"{ttfc['keybroker']:.2f} ms, floor {ttfc['floor']:.2f} ms; gap p50 direct "
+        f"{gap['direct']:.3f} ms, keybroker {gap['keybroker']:.3f} ms, floor "
+        f"{gap['floor']:.3f} ms.",
         "",
         f"Memory: {args.streams:,} concurrent streams through keybroker (64 chunks, 100 ms "
         f"apart): RSS {rss_before:.0f} MB before, {rss_peak:.0f} MB at peak, {errors} errors.",

@@ -15,7 +15,6 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
-import aiohttp
 from starlette.concurrency import run_in_threadpool
 from starlette.types import Message, Receive, Scope, Send
 
@@ -28,6 +27,7 @@ from keybroker.oauth.clients import web_origin
 from keybroker.proxy import errors
 from keybroker.proxy.bodies import BodyError, add_include_usage, json_fields, multipart_values
 from keybroker.proxy.cache import GrantCache
+from keybroker.proxy.http1 import UpstreamResponse
 from keybroker.proxy.limits import Limits, LimitsUnavailable
 from keybroker.proxy.paths import UnsafePathError, api_path, scope_for
 from keybroker.proxy.stats import ProxyMetrics
@@ -250,10 +250,10 @@ class ProxyApp:
             )
             return
         query = scope.get("query_string", b"")
-        url = f"{self.upstream.base_url}{rest}" + (f"?{query.decode('latin-1')}" if query else "")
+        target = rest.encode() + (b"?" + query if query else b"")
         await self._forward(
             method,
-            url,
+            target,
             upstream_request_headers(headers, key),
             prepared,
             receive,
@@ -321,8 +321,8 @@ class ProxyApp:
     async def _forward(
         self,
         method: str,
-        url: str,
-        up_headers: dict[str, str],
+        target: bytes,
+        up_headers: list[tuple[bytes, bytes]],
         prepared: Prepared,
         receive: Receive,
         send: Send,
@@ -331,15 +331,13 @@ class ProxyApp:
         rest: str,
         started: float,
     ) -> None:
-        assert self.upstream.session is not None
+        assert self.upstream.pool is not None
         seen = Seen(model=prepared.model)
         status = 0
         interrupted = False
         watcher: asyncio.Task[None] | None = None
         try:
-            response = await self.upstream.session.request(
-                method, url, headers=up_headers, data=prepared.body, allow_redirects=False
-            )
+            response = await self.upstream.pool.request(method, target, up_headers, prepared.body)
         except TimeoutError:
             await errors.send_error(
                 send,
@@ -350,7 +348,17 @@ class ProxyApp:
                 headers=cors,
             )
             return
-        except (aiohttp.ClientError, OSError):
+        except ValueError:
+            await errors.send_error(
+                send,
+                400,
+                "The request has a header or query this proxy cannot pass on.",
+                "invalid_request_error",
+                "invalid_request",
+                headers=cors,
+            )
+            return
+        except OSError:
             await errors.send_error(
                 send,
                 502,
@@ -360,11 +368,9 @@ class ProxyApp:
                 headers=cors,
             )
             return
-        except ConnectionResetError:
-            return
         try:
             status = response.status
-            content_type = response.headers.get("content-type", "")
+            content_type = response.content_type
             streamed = content_type.startswith("text/event-stream")
             length = response.content_length
             if streamed or length is None or length > WATCH_ABOVE:
@@ -384,14 +390,14 @@ class ProxyApp:
                 await self._relay_body(response, send, seen, scan="json" in content_type)
             await send({"type": "http.response.body", "body": b""})
             interrupted = watcher is not None and watcher.done()
-        except (TimeoutError, aiohttp.ClientError, OSError, asyncio.CancelledError) as exc:
+        except (OSError, asyncio.CancelledError) as exc:  # TimeoutError is an OSError
             interrupted = True
             if isinstance(exc, asyncio.CancelledError):
                 raise
         finally:
             if watcher is not None:
                 watcher.cancel()
-            if interrupted or not response.content.at_eof():
+            if interrupted or not response.at_eof:
                 response.close()  # drop the connection: the upstream request is cancelled
             else:
                 response.release()  # back to the pool for the next request (keep-alive)
@@ -416,11 +422,11 @@ class ProxyApp:
             )
 
     async def _relay_body(
-        self, response: aiohttp.ClientResponse, send: Send, seen: Seen, scan: bool
+        self, response: UpstreamResponse, send: Send, seen: Seen, scan: bool
     ) -> None:
         kept: list[bytes] = []
         size = 0
-        async for chunk in response.content.iter_any():
+        async for chunk in response.iter_chunks():
             await send({"type": "http.response.body", "body": chunk, "more_body": True})
             if scan and size < USAGE_SCAN_LIMIT:
                 kept.append(chunk)
@@ -429,10 +435,10 @@ class ProxyApp:
             json_usage(b"".join(kept), seen)
 
     async def _relay_events(
-        self, response: aiohttp.ClientResponse, send: Send, seen: Seen, strip_usage_chunk: bool
+        self, response: UpstreamResponse, send: Send, seen: Seen, strip_usage_chunk: bool
     ) -> None:
         pending = b""
-        async for chunk in response.content.iter_any():
+        async for chunk in response.iter_chunks():
             pending += chunk
             # Events end with a blank line (HTML Standard, server-sent events); normalise CRLF.
             if b"\r" in pending:
@@ -466,7 +472,7 @@ def check_model(grant: GrantView, models: list[str]) -> None:
             raise ModelNotAllowed(model)
 
 
-async def _watch_disconnect(receive: Receive, response: aiohttp.ClientResponse) -> None:
+async def _watch_disconnect(receive: Receive, response: UpstreamResponse) -> None:
     while True:
         message: Message = await receive()
         if message["type"] == "http.disconnect":

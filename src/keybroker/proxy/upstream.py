@@ -1,8 +1,8 @@
-"""The one pooled upstream client on the hot path: aiohttp (DESIGN.md has the measurements)."""
+"""The upstream on the hot path: which headers cross, and the one pooled client (http1)."""
 
 from __future__ import annotations
 
-import aiohttp
+from keybroker.proxy.http1 import UpstreamPool, UpstreamResponse
 
 # Request headers an app may send upstream; everything else (Authorization, cookies, Origin,
 # Referer, forwarding and hop-by-hop headers) stops here.
@@ -29,38 +29,34 @@ RESPONSE_HEADERS = frozenset(
 RESPONSE_PREFIXES = (b"x-ratelimit-",)
 
 
-def upstream_request_headers(headers: list[tuple[bytes, bytes]], key: str) -> dict[str, str]:
-    out = {"authorization": f"Bearer {key}"}
+def upstream_request_headers(
+    headers: list[tuple[bytes, bytes]], key: str
+) -> list[tuple[bytes, bytes]]:
+    out = [(b"authorization", b"Bearer " + key.encode("latin-1"))]
     for name, value in headers:
         if name in REQUEST_HEADERS or name.startswith(REQUEST_PREFIXES):
-            out[name.decode("latin-1")] = value.decode("latin-1")
+            out.append((name, value))
     return out
 
 
-def response_headers(upstream: aiohttp.ClientResponse) -> list[tuple[bytes, bytes]]:
-    # The raw bytes as received: no str round trip per header on the hot path.
-    out = []
-    for name, value in upstream.raw_headers:
-        lower = name.lower()
-        if lower in RESPONSE_HEADERS or lower.startswith(RESPONSE_PREFIXES):
-            out.append((lower, value))
-    return out
+def response_headers(upstream: UpstreamResponse) -> list[tuple[bytes, bytes]]:
+    # The raw bytes as received (names already lower-case): no str round trip per header.
+    return [
+        (name, value)
+        for name, value in upstream.raw_headers
+        if name in RESPONSE_HEADERS or name.startswith(RESPONSE_PREFIXES)
+    ]
 
 
 class Upstream:
     def __init__(self, base_url: str, read_timeout: float) -> None:
         self.base_url = base_url.rstrip("/")
         self.read_timeout = read_timeout
-        self.session: aiohttp.ClientSession | None = None
+        self.pool: UpstreamPool | None = None
 
     async def start(self) -> None:
-        self.session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=0, ttl_dns_cache=300, keepalive_timeout=60),
-            timeout=aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=self.read_timeout),
-            auto_decompress=True,
-            cookie_jar=aiohttp.DummyCookieJar(),
-        )
+        self.pool = UpstreamPool(self.base_url, read_timeout=self.read_timeout)
 
     async def close(self) -> None:
-        if self.session is not None:
-            await self.session.close()
+        if self.pool is not None:
+            self.pool.close()

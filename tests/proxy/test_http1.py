@@ -1,0 +1,531 @@
+"""The upstream client against scripted HTTP/1.1 servers on loopback: framing, keep-alive,
+streaming, timeouts and the failures a real upstream can produce."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import gzip
+import ssl
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import uvloop
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from keybroker.proxy.http1 import (
+    HIGH_WATER,
+    UpstreamPool,
+    UpstreamProtocolError,
+    UpstreamResponse,
+)
+
+Run = Callable[[Awaitable[Any]], Any]
+Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+OK = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\n{}"
+
+
+@pytest.fixture(params=["asyncio", "uvloop"])
+def run(request: pytest.FixtureRequest) -> Run:
+    """Each scenario on both loops: keybroker serves on uvloop, whose transports differ."""
+    factory = uvloop.new_event_loop if request.param == "uvloop" else asyncio.new_event_loop
+
+    def go(main: Awaitable[Any]) -> Any:
+        with asyncio.Runner(loop_factory=factory) as runner:
+            return runner.run(main)  # type: ignore[arg-type]
+
+    return go
+
+
+class Scripted:
+    """A server that runs ``handler`` per connection and records what arrived."""
+
+    def __init__(self, handler: Handler) -> None:
+        self.handler = handler
+        self.connections = 0
+        self.server: asyncio.Server | None = None
+        self.tasks: set[asyncio.Task[None]] = set()
+
+    async def __aenter__(self) -> Scripted:
+        async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            self.connections += 1
+            task = asyncio.current_task()
+            assert task is not None
+            self.tasks.add(task)
+            try:
+                await self.handler(reader, writer)
+            except (ConnectionError, asyncio.IncompleteReadError):
+                pass
+            finally:
+                writer.close()
+
+        self.server = await asyncio.start_server(serve, "127.0.0.1", 0, ssl=self.tls())
+        return self
+
+    def tls(self) -> ssl.SSLContext | None:
+        return None
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self.server is not None
+        self.server.close()
+        for task in self.tasks:
+            task.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+
+    @property
+    def url(self) -> str:
+        assert self.server is not None
+        return f"http://127.0.0.1:{self.server.sockets[0].getsockname()[1]}/v1"
+
+
+async def read_request(reader: asyncio.StreamReader) -> tuple[list[bytes], bytes]:
+    """One request's head lines and its body (Content-Length or chunked)."""
+    head = (await reader.readuntil(b"\r\n\r\n"))[:-4].split(b"\r\n")
+    fields = dict(line.lower().split(b": ", 1) for line in head[1:])
+    if b"content-length" in fields:
+        return head, await reader.readexactly(int(fields[b"content-length"]))
+    body = b""
+    if fields.get(b"transfer-encoding") == b"chunked":
+        while size := int((await reader.readuntil(b"\r\n"))[:-2], 16):
+            body += await reader.readexactly(size)
+            await reader.readexactly(2)
+        await reader.readexactly(2)
+    return head, body
+
+
+async def collect(
+    response: UpstreamResponse, into: list[bytes], then: Callable[[], None] | None = None
+) -> None:
+    async for chunk in response.iter_chunks():
+        into.append(chunk)
+        if then is not None:
+            then()
+
+
+def test_requests_are_framed_and_a_connection_is_kept_alive(run: Run) -> None:
+    seen: list[tuple[list[bytes], bytes]] = []
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            seen.append(await read_request(reader))
+            writer.write(OK)
+
+    async def scenario() -> None:
+        async with Scripted(handler) as server:
+            pool = UpstreamPool(server.url, read_timeout=5)
+            for _ in range(3):
+                response = await pool.request(
+                    "POST", b"/chat/completions?x=1", [(b"authorization", b"Bearer k")], b"{}"
+                )
+                assert response.status == 200
+                assert response.content_type == "application/json"
+                assert response.content_length == 2
+                assert b"".join([c async for c in response.iter_chunks()]) == b"{}"
+                response.release()
+            pool.close()
+            assert server.connections == 1
+
+    run(scenario())
+    head, body = seen[0]
+    assert head[0] == b"POST /v1/chat/completions?x=1 HTTP/1.1"
+    assert head[1].startswith(b"host: 127.0.0.1:")
+    assert set(head[2:]) == {
+        b"authorization: Bearer k",
+        b"accept-encoding: gzip",
+        b"content-length: 2",
+    }
+    assert body == b"{}"
+
+
+def test_a_streamed_answer_is_handed_over_chunk_by_chunk(run: Run) -> None:
+    go_on = asyncio.Event()
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n")
+        writer.write(b"transfer-encoding: chunked\r\n\r\n")
+        writer.write(b"b\r\ndata: one\n\n\r\n")
+        await go_on.wait()  # the second chunk only once the first was read
+        writer.write(b"b\r\ndata: two\n\n\r\n0\r\n\r\n")
+
+    async def scenario() -> list[bytes]:
+        async with Scripted(handler) as server:
+            pool = UpstreamPool(server.url, read_timeout=5)
+            response = await pool.request("POST", b"/chat/completions", [], b"{}")
+            assert response.content_length is None
+            got = []
+            async for chunk in response.iter_chunks():
+                got.append(chunk)
+                go_on.set()
+            assert response.at_eof
+            response.release()
+            pool.close()
+            return got
+
+    assert run(scenario()) == [b"data: one\n\n", b"data: two\n\n"]
+
+
+def test_a_streamed_upload_goes_chunked(run: Run) -> None:
+    seen: list[tuple[list[bytes], bytes]] = []
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        seen.append(await read_request(reader))
+        writer.write(OK)
+
+    async def parts() -> AsyncIterator[bytes]:
+        for part in (b"abc", b"", b"defg"):
+            yield part
+
+    async def scenario() -> None:
+        async with Scripted(handler) as server:
+            pool = UpstreamPool(server.url, read_timeout=5)
+            response = await pool.request("POST", b"/files", [], parts())
+            assert response.status == 200
+            response.release()
+            pool.close()
+
+    run(scenario())
+    head, body = seen[0]
+    assert b"transfer-encoding: chunked" in head
+    assert body == b"abcdefg"
+
+
+def test_a_gzip_answer_is_decoded(run: Run) -> None:
+    packed = gzip.compress(b'{"usage": {}}' * 1000)
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-encoding: gzip\r\n")
+        writer.write(b"content-length: %d\r\n\r\n" % len(packed) + packed)
+
+    async def scenario() -> bytes:
+        async with Scripted(handler) as server:
+            pool = UpstreamPool(server.url, read_timeout=5)
+            response = await pool.request("GET", b"/models", [], None)
+            assert response.content_length is None  # the decoded length is not the sent one
+            body = b"".join([c async for c in response.iter_chunks()])
+            response.release()
+            pool.close()
+            return body
+
+    assert run(scenario()) == b'{"usage": {}}' * 1000
+
+
+def test_an_unasked_content_coding_is_refused(run: Run) -> None:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-encoding: br\r\ncontent-length: 1\r\n\r\nx")
+
+    async def scenario() -> None:
+        async with Scripted(handler) as server:
+            pool = UpstreamPool(server.url, read_timeout=5)
+            with pytest.raises(UpstreamProtocolError, match="br"):
+                await pool.request("GET", b"/models", [], None)
+            pool.close()
+
+    run(scenario())
+
+
+def test_an_answer_without_length_ends_with_the_connection(run: Run) -> None:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nconnection: close\r\n\r\nall of it")
+        await writer.drain()
+
+    async def scenario() -> None:
+        async with Scripted(handler) as server:
+            pool = UpstreamPool(server.url, read_timeout=5)
+            for _ in range(2):
+                response = await pool.request("GET", b"/models", [], None)
+                assert b"".join([c async for c in response.iter_chunks()]) == b"all of it"
+                response.release()
+            pool.close()
+            assert server.connections == 2  # not reused
+
+    run(scenario())
+
+
+def test_interim_answers_are_skipped(run: Run) -> None:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 103 Early Hints\r\nlink: </a>\r\n\r\n" + OK)
+
+    async def scenario() -> None:
+        async with Scripted(handler) as server:
+            pool = UpstreamPool(server.url, read_timeout=5)
+            response = await pool.request("GET", b"/models", [], None)
+            assert response.status == 200
+            assert (b"link", b"</a>") not in response.raw_headers
+            assert b"".join([c async for c in response.iter_chunks()]) == b"{}"
+            pool.close()
+
+    run(scenario())
+
+
+@pytest.mark.parametrize(("method", "retried"), [("GET", True), ("POST", False)])
+def test_a_dropped_kept_alive_connection_is_retried_only_when_idempotent(
+    run: Run, method: str, retried: bool
+) -> None:
+    requests = 0
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal requests
+        while True:
+            await read_request(reader)
+            requests += 1
+            if requests == 2:
+                return  # the server gave up on the kept-alive connection: no answer
+            writer.write(OK)
+
+    async def scenario() -> None:
+        async with Scripted(handler) as server:
+            pool = UpstreamPool(server.url, read_timeout=5)
+            first = await pool.request(method, b"/models", [], b"{}")
+            assert b"".join([c async for c in first.iter_chunks()]) == b"{}"
+            first.release()
+            if retried:
+                second = await pool.request(method, b"/models", [], b"{}")
+                assert second.status == 200
+            else:
+                # RFC 9110 §9.2.2: a POST may have been acted on; it is not sent twice.
+                with pytest.raises(ConnectionResetError):
+                    await pool.request(method, b"/models", [], b"{}")
+            pool.close()
+            assert requests == (3 if retried else 2)
+
+    run(scenario())
+
+
+def test_silence_before_or_within_an_answer_times_out(run: Run) -> None:
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        await asyncio.sleep(5)
+
+    async def stalls(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nhalf ")
+        await asyncio.sleep(5)
+
+    async def scenario() -> None:
+        async with Scripted(silent) as server:
+            pool = UpstreamPool(server.url, read_timeout=0.2)
+            with pytest.raises(TimeoutError):
+                await pool.request("GET", b"/models", [], None)
+            pool.close()
+        async with Scripted(stalls) as server:
+            pool = UpstreamPool(server.url, read_timeout=0.2)
+            response = await pool.request("GET", b"/models", [], None)
+            got: list[bytes] = []
+            with pytest.raises(TimeoutError):
+                await collect(response, got)
+            assert got == [b"half "]
+            response.close()
+            pool.close()
+
+    run(scenario())
+
+
+def test_an_answer_cut_short_is_an_error_not_an_end(run: Run) -> None:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nhalf ")
+        await writer.drain()
+
+    async def scenario() -> None:
+        async with Scripted(handler) as server:
+            pool = UpstreamPool(server.url, read_timeout=5)
+            response = await pool.request("GET", b"/models", [], None)
+            with pytest.raises(ConnectionResetError):
+                async for _ in response.iter_chunks():
+                    pass
+            assert not response.at_eof
+            pool.close()
+
+    run(scenario())
+
+
+def test_a_malformed_answer_is_a_protocol_error(run: Run) -> None:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(b"NONSENSE\r\n\r\n")
+        await writer.drain()
+
+    async def scenario() -> None:
+        async with Scripted(handler) as server:
+            pool = UpstreamPool(server.url, read_timeout=5)
+            with pytest.raises(UpstreamProtocolError):
+                await pool.request("GET", b"/models", [], None)
+            pool.close()
+
+    run(scenario())
+
+
+def test_a_connection_with_an_unasked_answer_is_not_reused(run: Run) -> None:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            await read_request(reader)
+            writer.write(OK + b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
+
+    async def scenario() -> None:
+        async with Scripted(handler) as server:
+            pool = UpstreamPool(server.url, read_timeout=5)
+            for _ in range(2):
+                response = await pool.request("GET", b"/models", [], None)
+                # The answer asked for is whole; the stream after it is out of step.
+                assert b"".join([c async for c in response.iter_chunks()]) == b"{}"
+                response.release()
+            pool.close()
+            assert server.connections == 2
+
+    run(scenario())
+
+
+@pytest.mark.parametrize(
+    ("target", "headers"),
+    [
+        (b"/models HTTP/1.1\r\nx-evil: 1\r\n\r\nGET /x", []),
+        (b"/models", [(b"openai-beta", b"a\r\nx-evil: 1")]),
+        (b"/models", [(b"openai-beta", b"a\nb")]),
+    ],
+)
+def test_nothing_that_would_split_a_request_is_sent(
+    run: Run, target: bytes, headers: list[tuple[bytes, bytes]]
+) -> None:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        raise AssertionError("nothing should have been sent")
+
+    async def scenario() -> None:
+        async with Scripted(handler) as server:
+            pool = UpstreamPool(server.url, read_timeout=5)
+            with pytest.raises(ValueError):
+                await pool.request("GET", target, headers, None)
+            pool.close()
+            assert server.connections == 0
+
+    run(scenario())
+
+
+def test_a_slow_reader_pauses_the_socket_instead_of_buffering_everything(run: Run) -> None:
+    size = 16 * 1024 * 1024
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n" % size)
+        for _ in range(size // 65536):
+            writer.write(b"x" * 65536)
+            await writer.drain()
+
+    async def scenario() -> None:
+        async with Scripted(handler) as server:
+            pool = UpstreamPool(server.url, read_timeout=5)
+            response = await pool.request("GET", b"/files/f/content", [], None)
+            await asyncio.sleep(0.5)  # the app is slow: the upstream keeps sending meanwhile
+            assert response.buffered < HIGH_WATER + 1024 * 1024
+            total = sum([len(c) async for c in response.iter_chunks()])
+            assert total == size
+            response.release()
+            pool.close()
+
+    run(scenario())
+
+
+def test_closing_an_answer_drops_the_upstream_connection(run: Run) -> None:
+    ended = asyncio.Event()
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n1\r\na\r\n")
+        await writer.drain()
+        try:
+            await reader.read()  # returns at EOF: the proxy hung up
+        finally:
+            ended.set()
+
+    async def scenario() -> None:
+        async with Scripted(handler) as server:
+            pool = UpstreamPool(server.url, read_timeout=5)
+            response = await pool.request("POST", b"/chat/completions", [], b"{}")
+            got: list[bytes] = []
+            with pytest.raises(ConnectionResetError):  # the relay loop ends as interrupted
+                # What the disconnect watcher does when the app goes away.
+                await collect(response, got, then=response.close)
+            assert got == [b"a"]
+            await asyncio.wait_for(ended.wait(), 2)
+            pool.close()
+
+    run(scenario())
+
+
+class TlsScripted(Scripted):
+    def __init__(self, handler: Handler, cert: Path, key: Path) -> None:
+        super().__init__(handler)
+        self.cert, self.key = cert, key
+
+    def tls(self) -> ssl.SSLContext:
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(self.cert, self.key)
+        return context
+
+    @property
+    def url(self) -> str:
+        return super().url.replace("http://127.0.0.1", "https://localhost")
+
+
+def self_signed(tmp_path: Path) -> tuple[Path, Path]:
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=1))
+        .not_valid_after(now + datetime.timedelta(hours=1))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]), critical=False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return cert_path, key_path
+
+
+def test_https_verifies_the_certificate_and_sends_sni(run: Run, tmp_path: Path) -> None:
+    cert, key = self_signed(tmp_path)
+    hosts: list[bytes] = []
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head, _ = await read_request(reader)
+        hosts.append(head[1])
+        writer.write(OK)
+        await writer.drain()
+
+    async def scenario() -> None:
+        async with TlsScripted(handler, cert, key) as server:
+            trusting = ssl.create_default_context(cafile=str(cert))
+            pool = UpstreamPool(server.url, read_timeout=5, ssl_context=trusting)
+            response = await pool.request("GET", b"/models", [], None)
+            assert response.status == 200
+            pool.close()
+            # The machine's trust store does not know this certificate: no answer is read.
+            strict = UpstreamPool(server.url, read_timeout=5)
+            with pytest.raises(ssl.SSLCertVerificationError):
+                await strict.request("GET", b"/models", [], None)
+            strict.close()
+
+    run(scenario())
+    assert hosts[0].startswith(b"host: localhost:")
