@@ -301,6 +301,31 @@ def test_a_dropped_kept_alive_connection_is_retried_only_when_idempotent(
     run(scenario())
 
 
+def test_a_connection_found_closed_before_sending_is_replaced_even_for_post(run: Run) -> None:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            await read_request(reader)
+            writer.write(OK)
+
+    async def scenario() -> None:
+        async with Scripted(handler) as server:
+            pool = UpstreamPool(server.url, read_timeout=5)
+            first = await pool.request("POST", b"/chat/completions", [], b"{}")
+            assert b"".join([c async for c in first.iter_chunks()]) == b"{}"
+            first.release()
+            # The kept-alive socket closes before the loop has told the pool: nothing of the
+            # next request can have left, so it goes out on a new connection.
+            idle = pool._idle[0]
+            assert idle.transport is not None
+            idle.transport.abort()
+            second = await pool.request("POST", b"/chat/completions", [], b"{}")
+            assert second.status == 200
+            pool.close()
+            assert server.connections == 2
+
+    run(scenario())
+
+
 def test_silence_before_or_within_an_answer_times_out(run: Run) -> None:
     async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await read_request(reader)

@@ -34,6 +34,10 @@ class UpstreamProtocolError(ConnectionError):
     """The upstream's bytes are not an HTTP/1.1 answer we can relay."""
 
 
+class _Unsent(ConnectionResetError):
+    """The connection was gone before any byte of the request left: safe to send again."""
+
+
 class _Connection(asyncio.Protocol):
     def __init__(self, pool: UpstreamPool) -> None:
         self.pool = pool
@@ -42,6 +46,7 @@ class _Connection(asyncio.Protocol):
         self.closed = False
         self.idle_since = 0.0
         self.used = False
+        self.sent = False
         self._response: UpstreamResponse | None = None
         self._writable: asyncio.Future[None] | None = None
 
@@ -119,11 +124,15 @@ class _Connection(asyncio.Protocol):
     # used by the pool
     def begin(self, response: UpstreamResponse) -> None:
         self.used = True
+        self.sent = False
         self._response = response
 
     async def write(self, data: bytes) -> None:
-        if self.closed or self.transport is None:
-            raise ConnectionResetError("the upstream closed the connection")
+        if self.closed or self.transport is None or self.transport.is_closing():
+            raise (ConnectionResetError if self.sent else _Unsent)(
+                "the upstream closed the connection"
+            )
+        self.sent = True
         self.transport.write(data)
         if self._writable is not None:
             await self._writable
@@ -326,7 +335,8 @@ class UpstreamPool:
         (UpstreamProtocolError for a malformed answer) or OSError.
         """
         head = self._head(method, target, headers, body)
-        retry = method in IDEMPOTENT and not isinstance(body, AsyncIterator)
+        idempotent = method in IDEMPOTENT and not isinstance(body, AsyncIterator)
+        retry = True
         while True:
             conn = await self._acquire()
             reused = conn.used
@@ -337,8 +347,13 @@ class UpstreamPool:
                 await response.wait_headers()
             except BaseException as exc:
                 conn.done(reusable=False)
-                if reused and retry and isinstance(exc, ConnectionResetError):
-                    retry = False  # the server closed a kept-alive connection: once more
+                # Once more on a fresh connection if nothing left, or if a kept-alive connection
+                # dropped an idempotent request before any answer.
+                if retry and (
+                    isinstance(exc, _Unsent)
+                    or (reused and idempotent and type(exc) is ConnectionResetError)
+                ):
+                    retry = False
                     continue
                 raise
             return response
