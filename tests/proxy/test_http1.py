@@ -98,6 +98,24 @@ async def read_request(reader: asyncio.StreamReader) -> tuple[list[bytes], bytes
     return head, body
 
 
+def answers(answer: bytes, *, forever: bool = False) -> Handler:
+    """A handler that reads a request and writes ``answer``: once, or to every request."""
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            await read_request(reader)
+            writer.write(answer)
+            await writer.drain()
+            if not forever:
+                return
+
+    return handler
+
+
+async def body_of(response: UpstreamResponse) -> bytes:
+    return b"".join([c async for c in response.iter_chunks()])
+
+
 async def collect(
     response: UpstreamResponse, into: list[bytes], then: Callable[[], None] | None = None
 ) -> None:
@@ -125,7 +143,7 @@ def test_requests_are_framed_and_a_connection_is_kept_alive(run: Run) -> None:
                 assert response.status == 200
                 assert response.content_type == "application/json"
                 assert response.content_length == 2
-                assert b"".join([c async for c in response.iter_chunks()]) == b"{}"
+                assert await body_of(response) == b"{}"
                 response.release()
             pool.close()
             assert server.connections == 1
@@ -208,7 +226,7 @@ def test_a_gzip_answer_is_decoded(run: Run) -> None:
             pool = UpstreamPool(server.url, read_timeout=5)
             response = await pool.request("GET", b"/models", [], None)
             assert response.content_length is None  # the decoded length is not the sent one
-            body = b"".join([c async for c in response.iter_chunks()])
+            body = await body_of(response)
             response.release()
             pool.close()
             return body
@@ -217,9 +235,7 @@ def test_a_gzip_answer_is_decoded(run: Run) -> None:
 
 
 def test_an_unasked_content_coding_is_refused(run: Run) -> None:
-    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await read_request(reader)
-        writer.write(b"HTTP/1.1 200 OK\r\ncontent-encoding: br\r\ncontent-length: 1\r\n\r\nx")
+    handler = answers(b"HTTP/1.1 200 OK\r\ncontent-encoding: br\r\ncontent-length: 1\r\n\r\nx")
 
     async def scenario() -> None:
         async with Scripted(handler) as server:
@@ -232,17 +248,14 @@ def test_an_unasked_content_coding_is_refused(run: Run) -> None:
 
 
 def test_an_answer_without_length_ends_with_the_connection(run: Run) -> None:
-    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await read_request(reader)
-        writer.write(b"HTTP/1.1 200 OK\r\nconnection: close\r\n\r\nall of it")
-        await writer.drain()
+    handler = answers(b"HTTP/1.1 200 OK\r\nconnection: close\r\n\r\nall of it")
 
     async def scenario() -> None:
         async with Scripted(handler) as server:
             pool = UpstreamPool(server.url, read_timeout=5)
             for _ in range(2):
                 response = await pool.request("GET", b"/models", [], None)
-                assert b"".join([c async for c in response.iter_chunks()]) == b"all of it"
+                assert await body_of(response) == b"all of it"
                 response.release()
             pool.close()
             assert server.connections == 2  # not reused
@@ -251,9 +264,7 @@ def test_an_answer_without_length_ends_with_the_connection(run: Run) -> None:
 
 
 def test_interim_answers_are_skipped(run: Run) -> None:
-    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await read_request(reader)
-        writer.write(b"HTTP/1.1 103 Early Hints\r\nlink: </a>\r\n\r\n" + OK)
+    handler = answers(b"HTTP/1.1 103 Early Hints\r\nlink: </a>\r\n\r\n" + OK)
 
     async def scenario() -> None:
         async with Scripted(handler) as server:
@@ -261,7 +272,7 @@ def test_interim_answers_are_skipped(run: Run) -> None:
             response = await pool.request("GET", b"/models", [], None)
             assert response.status == 200
             assert (b"link", b"</a>") not in response.raw_headers
-            assert b"".join([c async for c in response.iter_chunks()]) == b"{}"
+            assert await body_of(response) == b"{}"
             pool.close()
 
     run(scenario())
@@ -286,7 +297,7 @@ def test_a_dropped_kept_alive_connection_is_retried_only_when_idempotent(
         async with Scripted(handler) as server:
             pool = UpstreamPool(server.url, read_timeout=5)
             first = await pool.request(method, b"/models", [], b"{}")
-            assert b"".join([c async for c in first.iter_chunks()]) == b"{}"
+            assert await body_of(first) == b"{}"
             first.release()
             if retried:
                 second = await pool.request(method, b"/models", [], b"{}")
@@ -302,16 +313,13 @@ def test_a_dropped_kept_alive_connection_is_retried_only_when_idempotent(
 
 
 def test_a_connection_found_closed_before_sending_is_replaced_even_for_post(run: Run) -> None:
-    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        while True:
-            await read_request(reader)
-            writer.write(OK)
+    handler = answers(OK, forever=True)
 
     async def scenario() -> None:
         async with Scripted(handler) as server:
             pool = UpstreamPool(server.url, read_timeout=5)
             first = await pool.request("POST", b"/chat/completions", [], b"{}")
-            assert b"".join([c async for c in first.iter_chunks()]) == b"{}"
+            assert await body_of(first) == b"{}"
             first.release()
             # The kept-alive socket closes before the loop has told the pool: nothing of the
             # next request can have left, so it goes out on a new connection.
@@ -356,10 +364,7 @@ def test_silence_before_or_within_an_answer_times_out(run: Run) -> None:
 
 
 def test_an_answer_cut_short_is_an_error_not_an_end(run: Run) -> None:
-    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await read_request(reader)
-        writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nhalf ")
-        await writer.drain()
+    handler = answers(b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nhalf ")
 
     async def scenario() -> None:
         async with Scripted(handler) as server:
@@ -375,10 +380,7 @@ def test_an_answer_cut_short_is_an_error_not_an_end(run: Run) -> None:
 
 
 def test_a_malformed_answer_is_a_protocol_error(run: Run) -> None:
-    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await read_request(reader)
-        writer.write(b"NONSENSE\r\n\r\n")
-        await writer.drain()
+    handler = answers(b"NONSENSE\r\n\r\n")
 
     async def scenario() -> None:
         async with Scripted(handler) as server:
@@ -391,10 +393,8 @@ def test_a_malformed_answer_is_a_protocol_error(run: Run) -> None:
 
 
 def test_a_connection_with_an_unasked_answer_is_not_reused(run: Run) -> None:
-    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        while True:
-            await read_request(reader)
-            writer.write(OK + b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
+    # A second, unasked answer straight after the one asked for.
+    handler = answers(OK + b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n", forever=True)
 
     async def scenario() -> None:
         async with Scripted(handler) as server:
@@ -402,7 +402,7 @@ def test_a_connection_with_an_unasked_answer_is_not_reused(run: Run) -> None:
             for _ in range(2):
                 response = await pool.request("GET", b"/models", [], None)
                 # The answer asked for is whole; the stream after it is out of step.
-                assert b"".join([c async for c in response.iter_chunks()]) == b"{}"
+                assert await body_of(response) == b"{}"
                 response.release()
             pool.close()
             assert server.connections == 2

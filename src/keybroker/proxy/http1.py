@@ -366,12 +366,12 @@ class UpstreamPool:
         body: bytes | AsyncIterator[bytes] | None,
     ) -> bytes:
         path = self.prefix + target
-        # CR, LF or NUL in a header value would split the request (RFC 9110 §5.5); uvicorn
-        # refuses them from clients already, this keeps it so for every header we send.
         if UNSAFE_TARGET.search(path):
             raise ValueError("request target has whitespace or control bytes")
         lines = [f"{method} ".encode() + path + b" HTTP/1.1", b"host: " + self.host_header]
         for name, value in headers:
+            # CR, LF or NUL in a header value would split the request (RFC 9110 §5.5); uvicorn
+            # refuses them from clients already, this keeps it so for every header we send.
             if b"\r" in value or b"\n" in value or b"\0" in value:
                 raise ValueError(f"header {name!r} has a line break")
             lines.append(name + b": " + value)
