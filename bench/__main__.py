@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import contextlib
 import itertools
 import json
 import os
@@ -185,9 +186,29 @@ class WrkResult:
     cpu_us: float = 0.0  # CPU time of the arm's own process per request: steadier than req/s
 
 
+def family(pid: int) -> list[int]:
+    """The process and its children (keybroker's usage writer is one)."""
+    children = []
+    with contextlib.suppress(FileNotFoundError):  # a child that has just ended
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            children += [int(c) for c in (task / "children").read_text().split()]
+    return [pid, *(p for c in children for p in family(c))]
+
+
+def proc_file(pid: int, name: str) -> str:
+    try:
+        return Path(f"/proc/{pid}/{name}").read_text()
+    except FileNotFoundError:
+        return ""  # a child that has just ended
+
+
 def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    total = 0
+    for member in family(pid):
+        if stat := proc_file(member, "stat"):
+            fields = stat.rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
 
 
 def wrk(url: str, auth: str, connections: int, seconds: int) -> WrkResult:
@@ -281,10 +302,12 @@ async def streaming(arms: Arms, runs: int) -> dict[str, list[StreamRun]]:
 
 
 def rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
+    total = 0
+    for member in family(pid):
+        for line in proc_file(member, "status").splitlines():
+            if line.startswith("VmRSS:"):
+                total += int(line.split()[1])
+    return total / 1024
 
 
 async def many_streams(arms: Arms, count: int) -> tuple[int, float, float]:
@@ -444,7 +467,8 @@ def render(
         f" {args.rounds} interleaved rounds, medians shown; wrk, the upstream, the floor and "
         "the broker share the 2 cores. CPU µs/request is the CPU time of the arm's own process "
         "(the upstream for direct) divided by the requests it served: the steadiest figure on a "
-        "shared machine, and the one that bounds throughput.",
+        "shared machine, and the one that bounds throughput. CPU and RSS include the arm's child "
+        "processes (keybroker's usage writer).",
         "",
         "| arm | conns | req/s | p50 ms | p99 ms | errors | CPU µs/request |",
         "|---|---|---|---|---|---|---|",

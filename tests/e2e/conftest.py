@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -144,6 +144,16 @@ def owner_with_key(page: Page, broker: LiveBroker, key: str) -> None:
     page.get_by_label("OpenAI API key").fill(key)
     page.get_by_role("button", name="Save key").click()
     expect(page.get_by_role("status")).to_contain_text("Key saved")
+
+
+def load_until(page: Page, url: str, shown: Callable[[], bool], *, tries: int = 80) -> None:
+    """Load ``url`` until ``shown()``: usage is written off the hot path, by a writer process
+    that starts with the first request, so a fresh broker's first row lands a moment later."""
+    for _ in range(tries):
+        page.goto(url)
+        if shown():
+            return
+        page.wait_for_timeout(100)
 
 
 def attach_authenticator(page: Page, **options: Any) -> Window:

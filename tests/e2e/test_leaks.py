@@ -10,7 +10,7 @@ from playwright.sync_api import BrowserContext, Response, expect
 
 from keybroker.crypto import tokens
 from keybroker.demo import create_demo_app
-from tests.e2e.conftest import Window
+from tests.e2e.conftest import Window, load_until
 from tests.e2e.test_consent_browser import open_popup
 from tests.live import LiveBroker
 from tests.upstream import Upstream, serve_in_thread
@@ -55,8 +55,11 @@ def test_no_key_or_token_secret_leaks(
     for path in ("/settings", "/key", "/settings/activity", "/"):
         settings.goto(f"{broker.url}{path}")
     grant_id = tokens.parse_token(token).grant_id
-    settings.goto(f"{broker.url}/settings/grants/{grant_id}/requests")
-    expect(settings.get_by_text("POST /v1/chat/completions")).to_be_visible()
+    request_row = settings.get_by_text("POST /v1/chat/completions")
+    load_until(
+        settings, f"{broker.url}/settings/grants/{grant_id}/requests", request_row.is_visible
+    )
+    expect(request_row).to_be_visible()
 
     secret = tokens.parse_token(token).secret
     # The owner's key did reach the upstream, so the run is real.

@@ -13,7 +13,7 @@ import pytest
 from playwright.sync_api import BrowserContext, Page, expect
 
 from keybroker.demo import create_demo_app
-from tests.e2e.conftest import Window, attach_authenticator, owner_with_key
+from tests.e2e.conftest import Window, attach_authenticator, load_until, owner_with_key
 from tests.e2e.test_consent_browser import open_popup
 from tests.live import LiveBroker
 from tests.upstream import serve_in_thread
@@ -95,12 +95,11 @@ def test_settings_controls_every_app(
     spend(broker, token_a, 2)
     spend(broker, token_b, 1)
 
-    # Usage is written off the hot path, within a fraction of a second: reload until it shows.
-    for _ in range(50):
-        page.goto(f"{broker.url}/settings")
-        if card(page, app_b).locator(".requests").text_content() == "1":
-            break
-        page.wait_for_timeout(100)
+    load_until(
+        page,
+        f"{broker.url}/settings",
+        lambda: card(page, app_b).locator(".requests").text_content() == "1",
+    )
     expect(card(page, app_a).locator(".requests")).to_have_text("2")
     expect(card(page, app_b).locator(".requests")).to_have_text("1")
     # 2 x (10 input + 1,000 output tokens of gpt-4o) = $0.02005.

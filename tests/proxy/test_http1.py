@@ -392,19 +392,44 @@ def test_a_malformed_answer_is_a_protocol_error(run: Run) -> None:
     run(scenario())
 
 
+async def get_models_twice(server: Scripted, *, pause: float) -> None:
+    """Two GET /models through one pool, ``pause`` seconds apart, each answered ``{}``."""
+    pool = UpstreamPool(server.url, read_timeout=5)
+    for attempt in range(2):
+        if attempt:
+            await asyncio.sleep(pause)
+        response = await pool.request("GET", b"/models", [], None)
+        assert await body_of(response) == b"{}"
+        response.release()
+    pool.close()
+
+
 def test_a_connection_with_an_unasked_answer_is_not_reused(run: Run) -> None:
     # A second, unasked answer straight after the one asked for.
     handler = answers(OK + b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n", forever=True)
 
     async def scenario() -> None:
         async with Scripted(handler) as server:
-            pool = UpstreamPool(server.url, read_timeout=5)
-            for _ in range(2):
-                response = await pool.request("GET", b"/models", [], None)
-                # The answer asked for is whole; the stream after it is out of step.
-                assert await body_of(response) == b"{}"
-                response.release()
-            pool.close()
+            # The answer asked for is whole; the stream after it is out of step.
+            await get_models_twice(server, pause=0)
+            assert server.connections == 2
+
+    run(scenario())
+
+
+def test_an_idle_connection_that_speaks_is_dropped(run: Run) -> None:
+    # Bytes arriving on a pooled connection nobody asked anything of: the next request must not
+    # read them as its answer, nor share the connection with whatever sent them.
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(OK)
+        await asyncio.sleep(0.1)
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nspoof")
+        await answers(OK, forever=True)(reader, writer)
+
+    async def scenario() -> None:
+        async with Scripted(handler) as server:
+            await get_models_twice(server, pause=0.3)
             assert server.connections == 2
 
     run(scenario())

@@ -358,7 +358,11 @@ class ProxyApp:
                 headers=cors,
             )
             return
-        except OSError:
+        except OSError as exc:
+            # The class and errno text only: never the request, whose headers carry the key.
+            logger.warning(
+                "upstream request failed: %s: %s", type(exc).__name__, exc.strerror or ""
+            )
             await errors.send_error(
                 send,
                 502,
