@@ -11,6 +11,7 @@ from sqlalchemy import create_engine, text
 from starlette.testclient import TestClient
 
 from keybroker.app import create_app
+from keybroker.server_protocol import JoinedWritesProtocol
 from keybroker.settings import Settings, load_settings
 from tests.live import Live
 from tests.net import require_service
@@ -110,7 +111,7 @@ def _live(data: Path, database_url: str, upstream: Upstream) -> Iterator[Live]:
         env_file=None,
     )
     app = create_app(settings)
-    server, url = serve_in_thread(app, lifespan="on")
+    server, url = serve_in_thread(app, lifespan="on", http=JoinedWritesProtocol)  # as `serve`
     live = Live(url, app, upstream)
     yield live
     live.close()

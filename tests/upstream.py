@@ -355,11 +355,13 @@ async def _form(seen: Seen, request: Request) -> dict[str, Any]:
     }
 
 
-def serve_in_thread(app: Any, lifespan: str = "off") -> tuple[uvicorn.Server, str]:
+def serve_in_thread(
+    app: Any, lifespan: str = "off", http: type[asyncio.Protocol] | str = "auto"
+) -> tuple[uvicorn.Server, str]:
     """An ASGI app under uvicorn on a free loopback port, in a daemon thread."""
     port = free_port()
     config = uvicorn.Config(
-        app, host="127.0.0.1", port=port, log_level="warning", lifespan=lifespan
+        app, host="127.0.0.1", port=port, log_level="warning", lifespan=lifespan, http=http
     )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)

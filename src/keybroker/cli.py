@@ -13,6 +13,7 @@ import uvicorn
 from sqlalchemy import text
 
 from keybroker import db
+from keybroker.server_protocol import JoinedWritesProtocol
 from keybroker.settings import Settings, SettingsError, load_settings, mask_url
 
 logger = logging.getLogger("keybroker")
@@ -75,6 +76,7 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
         access_log=not args.no_access_log,
         log_level=args.log_level,
         server_header=False,
+        http=JoinedWritesProtocol,
     )
     return 0
 

@@ -1,0 +1,135 @@
+from __future__ import annotations
+
+import asyncio
+import socket
+import threading
+from typing import Any
+
+import pytest
+
+from keybroker.server_protocol import JoinedWrites, JoinedWritesProtocol
+from tests.upstream import serve_in_thread
+
+
+class Recording:
+    """The transport underneath: what was sent, in which calls, and how it ended."""
+
+    def __init__(self) -> None:
+        self.sent: list[bytes] = []
+        self.late: list[bytes] = []  # written after the end: a transport drops these and warns
+        self.ended: list[str] = []
+        self.closing = False
+
+    def write(self, data: bytes) -> None:
+        (self.late if self.closing else self.sent).append(data)
+
+    def is_closing(self) -> bool:
+        return self.closing
+
+    def get_write_buffer_size(self) -> int:
+        return 10
+
+    def close(self) -> None:
+        self.closing = True
+        self.ended.append("close")
+
+    def abort(self) -> None:
+        self.closing = True
+        self.ended.append("abort")
+
+    def write_eof(self) -> None:
+        self.ended.append("eof")
+
+    def set_protocol(self, protocol: Any) -> None:
+        self.ended.append("handed over")
+
+    def get_extra_info(self, name: str) -> str:
+        return f"info:{name}"
+
+
+async def joined() -> tuple[JoinedWrites, Recording]:
+    under = Recording()
+    return JoinedWrites(under, asyncio.get_running_loop()), under  # type: ignore[arg-type]
+
+
+def test_writes_of_one_turn_are_sent_as_one() -> None:
+    async def scenario() -> None:
+        writes, under = await joined()
+        writes.write(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n")
+        writes.writelines([b"{", memoryview(b"}")])
+        assert under.sent == []
+        assert writes.get_write_buffer_size() == 10 + 40
+        await asyncio.sleep(0)
+        assert under.sent == [b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}"]
+        writes.write(b"next")
+        await asyncio.sleep(0)
+        assert under.sent[1:] == [b"next"]
+
+    asyncio.run(scenario())
+
+
+@pytest.mark.parametrize(
+    ("end", "sent", "ended"),
+    [
+        ("close", [b"held"], ["close"]),
+        ("write_eof", [b"held"], ["eof"]),
+        ("set_protocol", [b"held"], ["handed over"]),
+        ("abort", [], ["abort"]),  # an abort discards what is unsent, as the transport's own does
+    ],
+)
+def test_ending_the_connection_sends_what_is_held_first(
+    end: str, sent: list[bytes], ended: list[str]
+) -> None:
+    async def scenario() -> None:
+        writes, under = await joined()
+        writes.write(b"held")
+        getattr(writes, end)(*([None] if end == "set_protocol" else []))
+        assert (under.sent, under.ended) == (sent, ended)
+        await asyncio.sleep(0)  # the end-of-turn send finds nothing left: nothing twice
+        assert (under.sent, under.late) == (sent, [])
+
+    asyncio.run(scenario())
+
+
+def test_held_bytes_for_a_connection_closed_meanwhile_are_dropped() -> None:
+    async def scenario() -> None:
+        writes, under = await joined()
+        writes.write(b"too late")
+        under.closing = True  # the client hung up before the end of the turn
+        await asyncio.sleep(0)
+        assert (under.sent, under.late) == ([], [])
+        assert writes.get_extra_info("peername") == "info:peername"
+        assert writes.is_closing()
+
+    asyncio.run(scenario())
+
+
+def test_under_uvicorn_a_chunk_is_not_held_for_the_next() -> None:
+    told = threading.Event()
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        """Two chunks, the second only once the client has read the first."""
+        head = [(b"content-type", b"text/event-stream")]
+        await send({"type": "http.response.start", "status": 200, "headers": head})
+        await send({"type": "http.response.body", "body": b"data: 1\n\n", "more_body": True})
+        await asyncio.get_running_loop().run_in_executor(None, told.wait, 5)
+        await send({"type": "http.response.body", "body": b"data: 2\n\n", "more_body": False})
+
+    server, _ = serve_in_thread(app, http=JoinedWritesProtocol)
+    try:
+        with socket.create_connection(("127.0.0.1", server.config.port), timeout=5) as sock:
+            for _ in range(2):  # and the connection is kept alive for a second request
+                told.clear()
+                sock.sendall(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
+                seen = b""
+                while b"data: 1\n\n" not in seen:
+                    seen += sock.recv(4096)
+                assert seen.startswith(b"HTTP/1.1 200 OK\r\n")
+                assert b"data: 2" not in seen
+                told.set()
+                while not seen.endswith(b"0\r\n\r\n"):
+                    seen += sock.recv(4096)
+                assert seen.count(b"data: 2\n\n") == 1
+    finally:
+        server.should_exit = True
+        server.thread.join(timeout=10)  # type: ignore[attr-defined]
