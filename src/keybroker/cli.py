@@ -13,7 +13,6 @@ import uvicorn
 from sqlalchemy import text
 
 from keybroker import db
-from keybroker.server_protocol import JoinedWritesProtocol
 from keybroker.settings import Settings, SettingsError, load_settings, mask_url
 
 logger = logging.getLogger("keybroker")
@@ -37,6 +36,8 @@ def app_factory() -> object:
 
 
 def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
+    from keybroker.server_protocol import JoinedWritesProtocol  # uvicorn's HTTP stack: serve only
+
     if args.workers > 1 and not settings.redis_url:
         print(
             "keybroker: --workers above 1 needs KEYBROKER_REDIS_URL: without it rate limits, "

@@ -11,6 +11,7 @@ and a streamed chunk waits at most for the rest of the turn it was written in.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterable
 from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
@@ -34,7 +35,7 @@ class JoinedWrites:
             self._loop.call_soon(self.flush)
         self._held.append(bytes(data))
 
-    def writelines(self, lines: Any) -> None:
+    def writelines(self, lines: Iterable[bytes | bytearray | memoryview]) -> None:
         for data in lines:
             self.write(data)
 

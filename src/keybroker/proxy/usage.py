@@ -20,7 +20,7 @@ from sqlmodel import Session, col
 from keybroker.models import UsageRecord, utcnow
 from keybroker.proxy.limits import Limits
 from keybroker.proxy.pricing import PriceTable
-from keybroker.proxy.usage_writer import WriterGone, WriterProcess
+from keybroker.proxy.usage_writer import UsageRow, WriterGone, WriterProcess
 
 logger = logging.getLogger("keybroker.usage")
 USAGE_OBJECT = re.compile(rb'"usage"\s*:\s*\{')
@@ -122,7 +122,7 @@ class Recorder:
         self.writer = WriterProcess(engine.url.render_as_string(hide_password=False))
         # A plain list and two events rather than an asyncio.Queue: appending is all the hot
         # path does; the writer takes everything gathered at once.
-        self._rows: list[tuple[Any, ...]] = []
+        self._rows: list[UsageRow] = []
         self._wake = asyncio.Event()
         self._idle = asyncio.Event()
         self._idle.set()
@@ -150,22 +150,22 @@ class Recorder:
         cost = self.prices.cost(done.model, done.input_tokens, done.output_tokens)
         if cost.microusd:
             await self.limits.add_spent(done.grant_id, month_of(done.at), cost.microusd)
-        # A plain tuple in ROW_FIELDS order: cheap to build here and to pickle to the writer.
+        # A NamedTuple: cheap to build here, and a plain JSON array on the way to the writer.
         self._rows.append(
-            (
-                done.grant_id,
-                done.user_id,
-                done.at,
-                done.method,
-                done.path[:300],
-                done.model[:100],
-                done.status,
-                done.input_tokens,
-                done.output_tokens,
-                cost.microusd,
-                done.latency_ms,
-                not cost.known and bool(done.model),
-                done.interrupted,
+            UsageRow(
+                grant_id=done.grant_id,
+                user_id=done.user_id,
+                at=done.at,
+                method=done.method,
+                path=done.path[:300],
+                model=done.model[:100],
+                status=done.status,
+                input_tokens=done.input_tokens,
+                output_tokens=done.output_tokens,
+                cost_microusd=cost.microusd,
+                latency_ms=done.latency_ms,
+                unknown_model=not cost.known and bool(done.model),
+                interrupted=done.interrupted,
             )
         )
         self._idle.clear()
@@ -182,7 +182,7 @@ class Recorder:
             if not self._rows:
                 self._idle.set()
 
-    async def _write(self, batch: list[tuple[Any, ...]]) -> None:
+    async def _write(self, batch: list[UsageRow]) -> None:
         try:
             try:
                 written = await self.writer.write(batch)

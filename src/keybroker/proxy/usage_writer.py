@@ -6,10 +6,9 @@ proxy's 1-connection p99 (docs/benchmarks.md). Rows reach the writer over its st
 batch is answered on its stdout, so the proxy learns of every write that failed.
 
 Frames on stdin: a 4-byte big-endian length, then the payload. The first payload is the
-database URL; every later one is a JSON array of rows (arrays in ``ROW_FIELDS`` order, times in
-ISO 8601), answered by one
-byte: ``1`` written, ``0`` failed (the writer has logged why). The writer exits at the end of
-its stdin, so it never outlives the broker.
+database URL; every later one is a JSON array of rows (each a ``UsageRow`` as an array, its
+time in ISO 8601), answered by one byte: ``1`` written, ``0`` failed (the writer has logged
+why). The writer exits at the end of its stdin, so it never outlives the broker.
 
 Where Linux lets the broker take it back out again, the writer runs under ``SCHED_IDLE``: on a
 machine whose cores are all busy, a writer at normal priority delays a woken request by its
@@ -30,7 +29,7 @@ import resource
 import sys
 from datetime import datetime
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, NamedTuple
 
 from sqlalchemy import Engine, insert, select, update
 from sqlalchemy.exc import IntegrityError
@@ -40,22 +39,25 @@ from keybroker.models import Grant, UsageRecord
 
 logger = logging.getLogger("keybroker.usage")
 
-ROW_FIELDS = (
-    "grant_id",
-    "user_id",
-    "at",
-    "method",
-    "path",
-    "model",
-    "status",
-    "input_tokens",
-    "output_tokens",
-    "cost_microusd",
-    "latency_ms",
-    "unknown_model",
-    "interrupted",
-)
-GRANT_ID, AT = ROW_FIELDS.index("grant_id"), ROW_FIELDS.index("at")
+
+class UsageRow(NamedTuple):
+    """One request's usage: a UsageRecord's columns, sent to the writer as a JSON array."""
+
+    grant_id: str
+    user_id: str
+    at: datetime
+    method: str
+    path: str
+    model: str
+    status: int
+    input_tokens: int
+    output_tokens: int
+    cost_microusd: int
+    latency_ms: int
+    unknown_model: bool
+    interrupted: bool
+
+
 WRITTEN, FAILED = b"1", b"0"
 PATIENCE = 0.5
 SCHED_IDLE: int | None = getattr(os, "SCHED_IDLE", None)  # Linux only
@@ -66,7 +68,7 @@ class WriterGone(Exception):
     """The writer process ended before answering; the batch may or may not have been written."""
 
 
-def write_rows(engine: Engine, rows: list[tuple[Any, ...]]) -> None:
+def write_rows(engine: Engine, rows: list[UsageRow]) -> None:
     """One transaction: the rows, and each grant's last use."""
     try:
         _insert(engine, rows)
@@ -76,10 +78,10 @@ def write_rows(engine: Engine, rows: list[tuple[Any, ...]]) -> None:
         with engine.connect() as conn:
             alive = set(
                 conn.scalars(
-                    select(col(Grant.id)).where(col(Grant.id).in_({row[GRANT_ID] for row in rows}))
+                    select(col(Grant.id)).where(col(Grant.id).in_({row.grant_id for row in rows}))
                 )
             )
-        kept = [row for row in rows if row[GRANT_ID] in alive]
+        kept = [row for row in rows if row.grant_id in alive]
         if len(kept) == len(rows):
             raise
         logger.warning("usage of %d request(s) of deleted grants dropped", len(rows) - len(kept))
@@ -87,13 +89,12 @@ def write_rows(engine: Engine, rows: list[tuple[Any, ...]]) -> None:
             _insert(engine, kept)
 
 
-def _insert(engine: Engine, rows: list[tuple[Any, ...]]) -> None:
+def _insert(engine: Engine, rows: list[UsageRow]) -> None:
     last: dict[str, datetime] = {}
     for row in rows:
-        grant_id, at = row[GRANT_ID], row[AT]
-        last[grant_id] = max(at, last.get(grant_id, at))
+        last[row.grant_id] = max(row.at, last.get(row.grant_id, row.at))
     with engine.begin() as conn:
-        conn.execute(insert(UsageRecord), [dict(zip(ROW_FIELDS, row, strict=True)) for row in rows])
+        conn.execute(insert(UsageRecord), [row._asdict() for row in rows])
         for grant_id, at in last.items():
             conn.execute(update(Grant).where(col(Grant.id) == grant_id).values(last_used_at=at))
 
@@ -163,7 +164,7 @@ class WriterProcess:
             self._proc.stdin.write(frame(self._url.encode()))
         return self._proc
 
-    async def write(self, rows: list[tuple[Any, ...]]) -> bool:
+    async def write(self, rows: list[UsageRow]) -> bool:
         """True once the rows are committed, False if the writer could not write them."""
         proc = await self._running()
         assert proc.stdin is not None
@@ -223,9 +224,11 @@ def main() -> None:
         return
     engine = make_engine(url.decode())
     while (payload := read_frame(stdin)) is not None:
-        rows = json.loads(payload)
-        for row in rows:
-            row[AT] = datetime.fromisoformat(row[AT])
+        # JSON carried each row's time as ISO 8601 text.
+        rows = [
+            row._replace(at=datetime.fromisoformat(str(row.at)))
+            for row in map(UsageRow._make, json.loads(payload))
+        ]
         try:
             write_rows(engine, rows)
             answer = WRITTEN
