@@ -133,3 +133,28 @@ def test_under_uvicorn_a_chunk_is_not_held_for_the_next() -> None:
     finally:
         server.should_exit = True
         server.thread.join(timeout=10)  # type: ignore[attr-defined]
+
+
+def test_under_uvicorn_a_complete_answer_is_not_held_for_the_apps_after_work() -> None:
+    after = threading.Event()
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        """Answers, then works on without yielding (as the proxy records usage) until told."""
+        head = [(b"content-type", b"application/json"), (b"content-length", b"2")]
+        await send({"type": "http.response.start", "status": 200, "headers": head})
+        await send({"type": "http.response.body", "body": b"{}"})
+        after.wait(10)  # blocks the loop: held bytes would only go out after it
+
+    server, _ = serve_in_thread(app, http=JoinedWritesProtocol)
+    try:
+        with socket.create_connection(("127.0.0.1", server.config.port), timeout=3) as sock:
+            sock.sendall(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
+            seen = b""
+            while not seen.endswith(b"\r\n\r\n{}"):
+                seen += sock.recv(4096)  # times out (fails) if the answer waits for the app
+            assert seen.startswith(b"HTTP/1.1 200 OK\r\n")
+            after.set()
+    finally:
+        after.set()
+        server.should_exit = True
+        server.thread.join(timeout=10)  # type: ignore[attr-defined]

@@ -8,6 +8,7 @@ tests can check exactly what reached the upstream.
 from __future__ import annotations
 
 import asyncio
+import gzip
 import json
 import re
 import threading
@@ -85,7 +86,13 @@ def build_app(state: Upstream) -> Starlette:
             {"id": m, "object": "model", "created": 1700000000, "owned_by": "openai"}
             for m in ("gpt-4o-mini", "gpt-4o", "text-embedding-3-small")
         ]
-        return JSONResponse({"object": "list", "data": data})
+        answer = JSONResponse({"object": "list", "data": data})
+        if request.headers.get("x-stainless-test-encoding") == "gzip":  # as OpenAI answers
+            packed = gzip.compress(answer.body)
+            answer.body = packed
+            answer.headers["content-encoding"] = "gzip"
+            answer.headers["content-length"] = str(len(packed))
+        return answer
 
     async def chat(request: Request) -> Response:
         refused = await record(request)
@@ -195,6 +202,11 @@ def build_app(state: Upstream) -> Starlette:
                 state.cancelled.append("chat")
                 raise
 
+        if request.headers.get("x-stainless-test-framing") == "length":
+            # All events at once with their length: the proxy must not pass a length on for
+            # events it changes.
+            whole = b"".join([event async for event in events()])
+            return Response(whole, media_type="text/event-stream")
         return StreamingResponse(
             events(), media_type="text/event-stream", headers={"x-request-id": "req_stream_1"}
         )

@@ -5,7 +5,9 @@ small answer costs two ``send`` syscalls and two loopback segments, and the clie
 twice. Under load those two writes were a fifth of the worker's CPU samples (py-spy, 32
 connections, bench/NOTES.md). Here, writes made during one turn of the event loop are held and
 sent together at the end of that turn: the head and body of an answer go out as one segment,
-and a streamed chunk waits at most for the rest of the turn it was written in.
+and a streamed chunk waits at most for the rest of the turn it was written in. A complete
+answer goes out at once, not at the end of the turn: what the app does after answering
+(recording usage) is not the client's wait.
 """
 
 from __future__ import annotations
@@ -69,5 +71,9 @@ class JoinedWrites:
 
 class JoinedWritesProtocol(HttpToolsProtocol):
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        joined = JoinedWrites(transport, self.loop)
-        super().connection_made(joined)  # type: ignore[arg-type]
+        self.joined = JoinedWrites(transport, self.loop)
+        super().connection_made(self.joined)  # type: ignore[arg-type]
+
+    def on_response_complete(self) -> None:
+        self.joined.flush()
+        super().on_response_complete()

@@ -72,6 +72,59 @@ def test_only_upstream_headers_go_up_and_useful_ones_come_back(live: Live) -> No
     assert "access-control-allow-origin" not in response.headers  # not this grant's origin
 
 
+def split_answer(answer: bytes) -> tuple[dict[bytes, bytes], bytes]:
+    head, _, body = answer.partition(b"\r\n\r\n")
+    fields = dict(line.lower().split(b": ", 1) for line in head.split(b"\r\n")[1:])
+    return fields, body
+
+
+@pytest.mark.parametrize("coding", ["identity", "gzip"])
+def test_an_answer_of_known_length_keeps_its_length(live: Live, coding: str) -> None:
+    token = live.grant()
+    answer = raw_request(
+        live.url,
+        f"GET /v1/models HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n"
+        f"x-stainless-test-encoding: {coding}\r\nConnection: close\r\n\r\n".encode(),
+    )
+    fields, body = split_answer(answer)
+    assert answer.startswith(b"HTTP/1.1 200 "), answer[:200]
+    if coding == "identity":
+        # Relayed as received: the client knows where it ends without chunked framing.
+        assert fields[b"content-length"] == b"%d" % len(body)
+        assert b"transfer-encoding" not in fields
+    else:
+        # Unpacked on the way (the app never asked for gzip): the upstream's length is not
+        # this body's, so the answer is chunked.
+        assert b"content-length" not in fields
+        assert fields[b"transfer-encoding"] == b"chunked"
+        assert b"content-encoding" not in fields
+        body = httpx.get(
+            f"{live.url}/v1/models",
+            headers={"authorization": f"Bearer {token}", "x-stainless-test-encoding": coding},
+        ).content
+    assert json.loads(body)["data"][0]["id"] == "gpt-4o-mini"
+
+
+@pytest.mark.parametrize("framing", ["chunked", "length"])
+def test_a_streamed_answer_is_chunked(live: Live, framing: str) -> None:
+    token = live.grant()
+    body = json.dumps({**CHAT, "stream": True})
+    answer = raw_request(
+        live.url,
+        f"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
+        f"x-stainless-test-framing: {framing}\r\nConnection: close\r\n\r\n{body}".encode(),
+    )
+    fields, chunks = split_answer(answer)
+    assert fields[b"content-type"].startswith(b"text/event-stream")
+    assert b"content-length" not in fields
+    assert fields[b"transfer-encoding"] == b"chunked"
+    # The usage event keybroker asked for (the app did not) is taken out, so the upstream's
+    # length, if it sent one, no longer holds.
+    assert chunks.endswith(b"data: [DONE]\n\n\r\n0\r\n\r\n")
+    assert b'"usage": {' not in chunks
+
+
 def test_cors_only_for_the_grants_own_origin(live: Live) -> None:
     token = live.grant()
     headers = {"authorization": f"Bearer {token}"}

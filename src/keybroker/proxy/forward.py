@@ -381,13 +381,12 @@ class ProxyApp:
                 # The request body is fully read now: a disconnect from here on cancels
                 # upstream. A short body already on its way is relayed without a watcher.
                 watcher = asyncio.create_task(_watch_disconnect(receive, response))
-            await send(
-                {
-                    "type": "http.response.start",
-                    "status": status,
-                    "headers": [*response_headers(response), *cors],
-                }
-            )
+            headers = [*response_headers(response), *cors]
+            if not streamed and length is not None and status not in (204, 304):
+                # Relayed unchanged, so the upstream's length holds: the app's client knows
+                # where the answer ends without chunked framing (RFC 9112 §6.3).
+                headers.append((b"content-length", b"%d" % length))
+            await send({"type": "http.response.start", "status": status, "headers": headers})
             if streamed:
                 await self._relay_events(response, send, seen, prepared.strip_usage_chunk)
             else:
