@@ -153,7 +153,6 @@ def test_under_uvicorn_a_complete_answer_is_not_held_for_the_apps_after_work() -
             while not seen.endswith(b"\r\n\r\n{}"):
                 seen += sock.recv(4096)  # times out (fails) if the answer waits for the app
             assert seen.startswith(b"HTTP/1.1 200 OK\r\n")
-            after.set()
     finally:
         after.set()
         server.should_exit = True
