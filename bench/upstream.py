@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import time
 
 from aiohttp import web
 
@@ -28,6 +29,9 @@ COMPLETION = json.dumps(
 
 def chunk(i: int) -> bytes:
     data = {
+        # When the chunk left, on the clock every process here shares (CLOCK_MONOTONIC), so
+        # the client can tell how long each chunk took to reach it.
+        "bench_sent": time.perf_counter(),
         "id": "chatcmpl-s",
         "object": "chat.completion.chunk",
         "created": 1,
