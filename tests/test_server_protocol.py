@@ -68,6 +68,26 @@ def test_writes_of_one_turn_are_sent_as_one() -> None:
     asyncio.run(scenario())
 
 
+def test_once_an_answers_head_is_out_its_later_parts_go_at_once() -> None:
+    async def scenario() -> None:
+        writes, under = await joined()
+        writes.write(b"head")
+        await asyncio.sleep(0)
+        writes.write(b"chunk 1")
+        writes.write(b"chunk 2")
+        assert under.sent == [b"head", b"chunk 1", b"chunk 2"]  # not held for the turn's end
+        writes.answer_complete()
+        writes.write(b"next head")
+        writes.write(b"next body")
+        assert under.sent[3:] == []  # the next answer is joined again
+        writes.answer_complete()
+        assert under.sent[3:] == [b"next headnext body"]
+        await asyncio.sleep(0)
+        assert under.sent[4:] == []
+
+    asyncio.run(scenario())
+
+
 @pytest.mark.parametrize(
     ("end", "sent", "ended"),
     [

@@ -4,10 +4,12 @@ uvicorn writes a response's head and its body with separate ``transport.write`` 
 small answer costs two ``send`` syscalls and two loopback segments, and the client wakes up
 twice. Under load those two writes were a fifth of the worker's CPU samples (py-spy, 32
 connections, bench/NOTES.md). Here, writes made during one turn of the event loop are held and
-sent together at the end of that turn: the head and body of an answer go out as one segment,
-and a streamed chunk waits at most for the rest of the turn it was written in. A complete
-answer goes out at once, not at the end of the turn: what the app does after answering
-(recording usage) is not the client's wait.
+sent together at the end of that turn: the head and body of an answer go out as one segment.
+Once an answer's head has gone out, its later parts (a stream's chunks) are sent as they are
+written: there is nothing left to join them with, and waiting for the end of the turn cost each
+chunk a loop iteration (bench/NOTES.md, seventh session). A complete answer goes out at once,
+not at the end of the turn: what the app does after answering (recording usage) is not the
+client's wait.
 """
 
 from __future__ import annotations
@@ -31,10 +33,15 @@ class JoinedWrites:
         self._transport = transport
         self._loop = loop
         self._held: list[bytes] = []
+        self._passing = False  # an answer's head has gone out: its later parts go at once
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
+        if self._passing:
+            if not self._transport.is_closing():
+                self._transport.write(data)
+            return
         if not self._held:
-            self._loop.call_soon(self.flush)
+            self._loop.call_soon(self._end_of_turn)
         self._held.append(bytes(data))
 
     def writelines(self, lines: Iterable[bytes | bytearray | memoryview]) -> None:
@@ -48,6 +55,17 @@ class JoinedWrites:
         self._held.clear()
         if not self._transport.is_closing():
             self._transport.write(data)
+
+    def _end_of_turn(self) -> None:
+        # A complete answer was sent by answer_complete, so what is held here has begun an
+        # answer still under way (or is a 100 Continue, after which nothing is joined).
+        self._passing = bool(self._held)
+        self.flush()
+
+    def answer_complete(self) -> None:
+        """Send what the answer left held; the next answer's writes are joined again."""
+        self.flush()
+        self._passing = False
 
     def get_write_buffer_size(self) -> int:
         return self._transport.get_write_buffer_size() + sum(map(len, self._held))
@@ -75,5 +93,5 @@ class JoinedWritesProtocol(HttpToolsProtocol):
         super().connection_made(self.joined)  # type: ignore[arg-type]
 
     def on_response_complete(self) -> None:
-        self.joined.flush()
+        self.joined.answer_complete()
         super().on_response_complete()
