@@ -354,6 +354,8 @@ class Speed:
 
     loop_s: float  # 10 million empty loop iterations
     json_us: float  # one json.dumps + json.loads of the request body
+    round_trip_us: float  # p50 of one byte to another process and back over loopback TCP
+    idle_round_trip_us: float  # the same after 5 ms idle, as between a stream's chunks
 
     @classmethod
     def measure(cls) -> Speed:
@@ -365,7 +367,35 @@ class Speed:
         started = time.perf_counter()
         for _ in range(100_000):
             json.loads(json.dumps(body))
-        return cls(loop_s, (time.perf_counter() - started) / 100_000 * 1e6)
+        json_us = (time.perf_counter() - started) / 100_000 * 1e6
+        return cls(loop_s, json_us, round_trip_us(0, 3000), round_trip_us(0.005, 300))
+
+
+def round_trip_us(pause: float, count: int) -> float:
+    """Every request in the benchmark wakes processes on loopback; some machines of this kind
+    do that several times slower than others whose Python runs as fast."""
+    import socket
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    child = os.fork()  # before any thread or arm exists
+    if child == 0:
+        conn, _ = listener.accept()
+        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        while data := conn.recv(1):
+            conn.sendall(data)
+        os._exit(0)
+    with socket.create_connection(listener.getsockname()) as client:
+        client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        times = []
+        for _ in range(count):
+            time.sleep(pause)
+            started = time.perf_counter()
+            client.sendall(b"x")
+            client.recv(1)
+            times.append((time.perf_counter() - started) * 1e6)
+    os.waitpid(child, 0)
+    listener.close()
+    return p50(times[count // 6 :])  # after the connection's warm-up
 
 
 def main() -> None:
@@ -517,8 +547,10 @@ def render(
         f"- Machine: {platform.machine()}, {os.cpu_count()} cores, {platform.platform()}, "
         f"Python {platform.python_version()}; speed: {speed.loop_s:.2f} s for 10 million "
         f"empty loop iterations, {speed.json_us:.1f} µs per JSON encode and decode of the "
-        "request body (measured before the arms start: machines of this kind have differed by "
-        "up to 3x between sessions, so compare runs by these figures).",
+        f"request body, {speed.round_trip_us:.0f} µs for one byte to another process and back "
+        f"over loopback, {speed.idle_round_trip_us:.0f} µs when both have idled 5 ms before it "
+        "(p50s; all measured before the arms start: machines of this kind have differed by up "
+        "to 3x between sessions, so compare runs by these figures).",
         "- Arms: **direct** = the canned aiohttp upstream itself; **keybroker** = `keybroker "
         "serve` (one worker, `KEYBROKER_ENV=production`, SQLite, a real grant and token, rate "
         "limit checked and usage recorded on every request, access log off); **floor** = a bare "
