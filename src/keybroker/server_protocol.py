@@ -22,7 +22,8 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 
 class JoinedWrites:
-    """A transport that holds writes until the end of the loop's turn, then sends them as one.
+    """A transport that holds an answer's first writes until the end of the loop's turn, then
+    sends them as one; the rest of that answer is sent as it is written.
 
     Closing or handing over the connection sends what is held first, so nothing written is
     lost or reordered; after an abort, or once the client has gone, what is held is dropped,
