@@ -88,6 +88,19 @@ def test_once_an_answers_head_is_out_its_later_parts_go_at_once() -> None:
     asyncio.run(scenario())
 
 
+def test_an_answer_begun_in_the_turn_another_completed_still_passes_its_parts() -> None:
+    async def scenario() -> None:
+        writes, under = await joined()
+        writes.write(b"head 1")
+        writes.answer_complete()
+        writes.write(b"head 2")  # a pipelined request's answer, begun in the same turn
+        await asyncio.sleep(0)
+        writes.write(b"chunk")
+        assert under.sent == [b"head 1", b"head 2", b"chunk"]
+
+    asyncio.run(scenario())
+
+
 @pytest.mark.parametrize(
     ("end", "sent", "ended"),
     [

@@ -38,8 +38,7 @@ class JoinedWrites:
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
         if self._passing:
-            if not self._transport.is_closing():
-                self._transport.write(data)
+            self._send(data)
             return
         if not self._held:
             self._loop.call_soon(self._end_of_turn)
@@ -54,14 +53,20 @@ class JoinedWrites:
             return
         data = b"".join(self._held)
         self._held.clear()
+        self._send(data)
+
+    def _send(self, data: bytes | bytearray | memoryview) -> None:
         if not self._transport.is_closing():
             self._transport.write(data)
 
     def _end_of_turn(self) -> None:
         # A complete answer was sent by answer_complete, so what is held here has begun an
-        # answer still under way (or is a 100 Continue, after which nothing is joined).
-        self._passing = bool(self._held)
-        self.flush()
+        # answer still under way (or is a 100 Continue, after which nothing is joined). Only
+        # answer_complete ends passing: a second end of turn in one turn (an answer completed
+        # and the next begun) finds nothing held and must not undo the first.
+        if self._held:
+            self._passing = True
+            self.flush()
 
     def answer_complete(self) -> None:
         """Send what the answer left held; the next answer's writes are joined again."""
