@@ -484,10 +484,9 @@ def render(
     d1, k1, f1 = agg("direct", 1), agg("keybroker", 1), agg("floor", 1)
     d32, k32, f32 = agg("direct", 32), agg("keybroker", 32), agg("floor", 32)
     ttfc = {a: p50([r.first_ms for r in runs]) for a, runs in streams.items()}
-    gap = {a: p50([g for r in runs for g in r.gaps_ms]) for a, runs in streams.items()}
-    gap_mean = {
-        a: statistics.fmean([g for r in runs for g in r.gaps_ms]) for a, runs in streams.items()
-    }
+    gaps = {a: [g for r in runs for g in r.gaps_ms] for a, runs in streams.items()}
+    gap = {a: p50(values) for a, values in gaps.items()}
+    gap_mean = {a: statistics.fmean(values) for a, values in gaps.items()}
     transit = {a: p50([t for r in runs for t in r.transits_ms]) for a, runs in streams.items()}
     bundled = sum(r.bundled for r in streams["keybroker"])
     chunks_seen = sum(r.chunks for r in streams["keybroker"])
