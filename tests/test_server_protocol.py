@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from keybroker.server_protocol import JoinedWrites, JoinedWritesProtocol
+from keybroker.server_protocol import SEND_NOW, JoinedWrites, JoinedWritesProtocol
 from tests.upstream import serve_in_thread
 
 
@@ -190,3 +190,77 @@ def test_under_uvicorn_a_complete_answer_is_not_held_for_the_apps_after_work() -
         after.set()
         server.should_exit = True
         server.thread.join(timeout=10)  # type: ignore[attr-defined]
+
+
+def test_under_uvicorn_send_now_sends_a_started_answers_parts_from_outside_the_task() -> None:
+    states: list[tuple[str, bool]] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        send_now = scope["extensions"][SEND_NOW]["send"]
+        assert send_now.for_send == send  # it serves this very send, no wrapper between
+        states.append(("before the head", send_now.ready()))
+        head = [(b"content-type", b"text/event-stream")]
+        await send({"type": "http.response.start", "status": 200, "headers": head})
+        states.append(("after the head", send_now.ready()))
+        done = asyncio.get_running_loop().create_future()
+
+        def from_a_callback() -> None:  # as the upstream connection's data_received would
+            send_now(b"data: 1\n\n")
+            send_now(b"data: 2\n\n")
+            done.set_result(None)
+
+        asyncio.get_running_loop().call_soon(from_a_callback)
+        await done
+        await send({"type": "http.response.body", "body": b"data: 3\n\n", "more_body": False})
+        states.append(("after the end", send_now.ready()))
+
+    server, _ = serve_in_thread(app, http=JoinedWritesProtocol)
+    try:
+        with socket.create_connection(("127.0.0.1", server.config.port), timeout=5) as sock:
+            sock.sendall(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
+            seen = b""
+            while not seen.endswith(b"0\r\n\r\n"):
+                seen += sock.recv(4096)
+    finally:
+        server.should_exit = True
+        server.thread.join(timeout=10)  # type: ignore[attr-defined]
+    assert seen.split(b"\r\n\r\n", 1)[1] == (
+        b"9\r\ndata: 1\n\n\r\n9\r\ndata: 2\n\n\r\n9\r\ndata: 3\n\n\r\n0\r\n\r\n"
+    )
+    assert states == [
+        ("before the head", False),
+        ("after the head", True),
+        ("after the end", False),
+    ]
+
+
+def test_under_uvicorn_send_now_is_not_ready_while_the_client_is_not_reading() -> None:
+    part = b"x" * 65536
+    sent_at_once: list[int] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        send_now = scope["extensions"][SEND_NOW]["send"]
+        head = [(b"content-type", b"application/octet-stream")]
+        await send({"type": "http.response.start", "status": 200, "headers": head})
+        await asyncio.sleep(0)  # the head goes out at the end of its turn; then parts pass
+        count = 0
+        while send_now.ready() and count < 1000:  # 64 MiB: far beyond any socket buffer
+            send_now(part)
+            count += 1
+        sent_at_once.append(count)
+        # As the proxy does then: wait with send until the client takes more.
+        await send({"type": "http.response.body", "body": b"end", "more_body": False})
+
+    server, _ = serve_in_thread(app, http=JoinedWritesProtocol)
+    try:
+        with socket.create_connection(("127.0.0.1", server.config.port), timeout=5) as sock:
+            sock.sendall(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
+            seen = bytearray()
+            while not seen.endswith(b"end\r\n0\r\n\r\n"):
+                seen += sock.recv(1 << 20)
+    finally:
+        server.should_exit = True
+        server.thread.join(timeout=10)  # type: ignore[attr-defined]
+    assert 0 < sent_at_once[0] < 1000  # flow control stopped it
+    body = bytes(seen).split(b"\r\n\r\n", 1)[1]
+    assert body == (b"10000\r\n" + part + b"\r\n") * sent_at_once[0] + b"3\r\nend\r\n0\r\n\r\n"

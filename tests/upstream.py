@@ -160,6 +160,7 @@ def build_app(state: Upstream) -> Starlette:
             )
         chunks = int(directives.get("chunks", 5))
         pace = int(directives.get("pace", 0)) / 1000
+        pad = int(directives.get("pad", 0))  # bytes of filler in each chunk's text
         broken = "broken" in text
         with_usage = (body.get("stream_options") or {}).get("include_usage") is True
 
@@ -174,7 +175,11 @@ def build_app(state: Upstream) -> Starlette:
                         "created": 1,
                         "model": model,
                         "choices": [
-                            {"index": 0, "delta": {"content": f"w{i} "}, "finish_reason": None}
+                            {
+                                "index": 0,
+                                "delta": {"content": f"w{i} " + "." * pad},
+                                "finish_reason": None,
+                            }
                         ],
                     }
                     if with_usage:

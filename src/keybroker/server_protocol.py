@@ -10,6 +10,9 @@ written: there is nothing left to join them with, and waiting for the end of the
 chunk a loop iteration (bench/NOTES.md, seventh session). A complete answer goes out at once,
 not at the end of the turn: what the app does after answering (recording usage) is not the
 client's wait.
+
+It also offers the app the ASGI extension ``keybroker.send_now`` (below): a streamed chunk can
+then be relayed from the upstream connection's ``data_received`` without waking the app's task.
 """
 
 from __future__ import annotations
@@ -18,7 +21,9 @@ import asyncio
 from collections.abc import Iterable
 from typing import Any
 
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
+
+SEND_NOW = "keybroker.send_now"
 
 
 class JoinedWrites:
@@ -93,10 +98,56 @@ class JoinedWrites:
         return getattr(self._transport, name)
 
 
+class SendNow:
+    """Send a part of a started answer's body at once, outside the app's task.
+
+    ``ready()`` says whether that can be done without waiting: the answer has begun and is not
+    complete, the client is still there and is taking what it is sent (uvicorn's flow control
+    has not paused writing). When it is not, the app must ``await send(...)`` as usual.
+    ``for_send`` is the server's own ``send``: an app whose ``send`` is wrapped (middleware)
+    must not use this, or it would go around the wrapper.
+    """
+
+    __slots__ = ("_cycle", "for_send")
+
+    def __init__(self, cycle: RequestResponseCycle) -> None:
+        self._cycle = cycle
+        self.for_send = cycle.send
+
+    def ready(self) -> bool:
+        cycle = self._cycle
+        return (
+            cycle.response_started
+            and not cycle.response_complete
+            and not cycle.disconnected
+            and not cycle.flow.write_paused
+        )
+
+    def __call__(self, body: bytes) -> None:
+        # uvicorn's send waits only for flow control (write_paused), which ready() ruled out,
+        # so its coroutine runs to the end in one step: one piece of code frames the body.
+        step = self._cycle.send({"type": "http.response.body", "body": body, "more_body": True})
+        try:
+            step.send(None)
+        except StopIteration:
+            return
+        step.close()
+        raise RuntimeError("uvicorn's send waited although the answer was ready for more")
+
+
 class JoinedWritesProtocol(HttpToolsProtocol):
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         self.joined = JoinedWrites(transport, self.loop)
         super().connection_made(self.joined)  # type: ignore[arg-type]
+
+    def on_headers_complete(self) -> None:
+        super().on_headers_complete()
+        cycle = self.cycle
+        # The app's task starts on a later turn, so the scope is complete before it reads it.
+        # (An upgrade returns early and makes no cycle for this scope.)
+        if cycle is not None and cycle.scope is self.scope:
+            extensions = self.scope.setdefault("extensions", {})
+            extensions[SEND_NOW] = {"send": SendNow(cycle)}
 
     def on_response_complete(self) -> None:
         self.joined.answer_complete()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import socket
 import time
+from collections.abc import Callable
 from urllib.parse import urlsplit
 
 import httpx
@@ -12,6 +13,7 @@ import pytest
 from sqlalchemy import event
 
 from keybroker.crypto import tokens, vault
+from keybroker.proxy.http1 import UpstreamResponse
 from tests.helpers import APP, GOOD_KEY
 from tests.live import Live, wait_for
 
@@ -123,6 +125,88 @@ def test_a_streamed_answer_is_chunked(live: Live, framing: str) -> None:
     # length, if it sent one, no longer holds.
     assert chunks.endswith(b"data: [DONE]\n\n\r\n0\r\n\r\n")
     assert b'"usage": {' not in chunks
+
+
+def count_sink_calls(monkeypatch: pytest.MonkeyPatch) -> list[bool]:
+    """What each chunk's trip through the proxy's sink gave (False: left to the task)."""
+    taken: list[bool] = []
+    relay_to = UpstreamResponse.relay_to
+
+    def counting(self: UpstreamResponse, sink: Callable[[bytes], bool] | None) -> None:
+        if sink is None:
+            relay_to(self, None)
+            return
+
+        def counted(chunk: bytes, sink: Callable[[bytes], bool] = sink) -> bool:
+            taken.append(sink(chunk))
+            return taken[-1]
+
+        relay_to(self, counted)
+
+    monkeypatch.setattr(UpstreamResponse, "relay_to", counting)
+    return taken
+
+
+def test_paced_chunks_leave_as_they_arrive_with_usage_noted(
+    live: Live, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    taken = count_sink_calls(monkeypatch)
+    token = live.grant()
+    stream = live.client(token).chat.completions.create(
+        model="gpt-4o-mini",
+        messages=[{"role": "user", "content": "chunks:8 pace:30"}],
+        stream=True,
+    )
+    text = "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
+    assert text == "".join(f"w{i} " for i in range(8))
+    # Chunks 30 ms apart each arrive alone, while the relay waits: they leave from the
+    # upstream connection's read, not after a wake-up of the relay's task.
+    assert taken.count(True) >= 6
+    rows = wait_for(lambda: live.usage(tokens.parse_token(token).grant_id))
+    assert (rows[-1].input_tokens, rows[-1].output_tokens) == (10, 8)
+    assert not rows[-1].interrupted
+
+
+def test_a_client_that_reads_slowly_gets_every_event_in_order(
+    live: Live, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    taken = count_sink_calls(monkeypatch)
+    token = live.grant()
+    body = json.dumps(
+        {**CHAT, "stream": True, "messages": [{"role": "user", "content": "chunks:4000 pad:2000"}]}
+    )
+    parts = urlsplit(live.url)
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # a small window
+        sock.settimeout(10)
+        sock.connect((parts.hostname, parts.port))
+        sock.sendall(
+            f"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
+            f"Connection: close\r\n\r\n{body}".encode()
+        )
+        time.sleep(0.5)  # not reading: 8 MB outgrow the socket buffers, the proxy's writes wait
+        answer = bytearray()
+        while chunk := sock.recv(4096):
+            answer += chunk
+    fields, chunks = split_answer(bytes(answer))
+    assert fields[b"transfer-encoding"] == b"chunked"
+    events = dechunk(chunks).split(b"\n\n")
+    words = [json.loads(e[6:])["choices"][0]["delta"]["content"] for e in events[:-2]]
+    assert words == [f"w{i} " + "." * 2000 for i in range(4000)]
+    assert events[-2:] == [b"data: [DONE]", b""]
+    # Both ways were taken: at once while the client kept up, by the task while it did not.
+    assert True in taken
+    assert False in taken
+
+
+def dechunk(body: bytes) -> bytes:
+    out, at = [], 0
+    while size := int(body[at : body.index(b"\r\n", at)], 16):
+        start = body.index(b"\r\n", at) + 2
+        out.append(body[start : start + size])
+        at = start + size + 2
+    return b"".join(out)
 
 
 def test_cors_only_for_the_grants_own_origin(live: Live) -> None:

@@ -188,6 +188,150 @@ def test_a_streamed_answer_is_handed_over_chunk_by_chunk(run: Run) -> None:
     assert run(scenario()) == [b"data: one\n\n", b"data: two\n\n"]
 
 
+def streams(*events: bytes, pause: float = 0.05, then_stall: float = 0.0) -> Handler:
+    """A handler that answers with ``events``, one chunk each, ``pause`` apart."""
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n")
+        writer.write(b"transfer-encoding: chunked\r\n\r\n")
+        for event in events:
+            await asyncio.sleep(pause)
+            writer.write(b"%x\r\n%s\r\n" % (len(event), event))
+        await asyncio.sleep(then_stall)
+        writer.write(b"0\r\n\r\n")
+
+    return handler
+
+
+def test_chunks_go_to_the_sink_while_the_reader_waits_and_to_the_reader_otherwise(
+    run: Run,
+) -> None:
+    events = [b"data: %d\n\n" % i for i in range(6)]
+
+    async def scenario() -> tuple[list[bytes], list[bytes], list[bytes]]:
+        async with Scripted(streams(*events)) as server:
+            pool = UpstreamPool(server.url, read_timeout=5)
+            response = await pool.request("POST", b"/chat/completions", [], b"{}")
+            order: list[bytes] = []
+            sunk: list[bytes] = []
+
+            def sink(chunk: bytes) -> bool:
+                if chunk == events[3]:
+                    return False  # "the client is not taking more": the reader gets it
+                sunk.append(chunk)
+                order.append(chunk)
+                return True
+
+            response.relay_to(sink)
+            read = []
+            async for chunk in response.iter_chunks():
+                read.append(chunk)
+                order.append(chunk)
+            assert response.at_eof
+            response.release()
+            pool.close()
+            return order, sunk, read
+
+    order, sunk, read = run(scenario())
+    assert order == events  # nothing lost, nothing overtaken
+    assert events[3] in read
+    assert events[3] not in sunk
+    assert set(sunk) == set(events) - set(read)
+    assert len(sunk) >= 4  # each chunk after the head arrives alone while the reader waits
+
+
+def in_one_read(*chunks: bytes) -> Handler:
+    """A handler that sends the head, then all ``chunks`` in one write a moment later."""
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n")
+        writer.write(b"transfer-encoding: chunked\r\n\r\n")
+        await asyncio.sleep(0.05)
+        writer.write(b"".join(b"%x\r\n%s\r\n" % (len(c), c) for c in chunks) + b"0\r\n\r\n")
+
+    return handler
+
+
+def test_a_chunk_is_never_sunk_past_one_the_reader_holds(run: Run) -> None:
+    # Both chunks in one read; the sink leaves the first to the reader, which has not run yet
+    # when the second arrives: the second must queue behind it, not leave first.
+    async def scenario() -> list[bytes]:
+        async with Scripted(in_one_read(b"one", b"two")) as server:
+            pool = UpstreamPool(server.url, read_timeout=5)
+            response = await pool.request("POST", b"/chat/completions", [], b"{}")
+            order: list[bytes] = []
+
+            def sink(chunk: bytes) -> bool:
+                if chunk == b"one":
+                    return False
+                order.append(chunk)
+                return True
+
+            response.relay_to(sink)
+            async for chunk in response.iter_chunks():
+                order.append(chunk)
+            response.release()
+            pool.close()
+            return order
+
+    assert run(scenario()) == [b"one", b"two"]
+
+
+def test_a_sink_that_fails_fails_the_reader_and_takes_nothing_more(run: Run) -> None:
+    events = [b"data: %d\n\n" % i for i in range(4)]
+
+    async def scenario() -> list[bytes]:
+        async with Scripted(in_one_read(*events)) as server:
+            pool = UpstreamPool(server.url, read_timeout=5)
+            response = await pool.request("POST", b"/chat/completions", [], b"{}")
+            got: list[bytes] = []
+
+            def sink(chunk: bytes) -> bool:
+                if chunk == events[1]:
+                    raise RuntimeError("the client's side broke")
+                got.append(chunk)
+                return True
+
+            response.relay_to(sink)
+            with pytest.raises(RuntimeError, match="client's side broke"):
+                await collect(response, got)
+            response.close()
+            pool.close()
+            return got
+
+    # The chunks after the failed one came in the same read: none is handed on.
+    assert run(scenario()) == [events[0]]
+
+
+def test_the_read_timeout_counts_from_the_last_chunk_the_sink_took(run: Run) -> None:
+    # Chunks 0.1 s apart for 0.6 s, with a 0.25 s read timeout: the reader never wakes, yet
+    # the stream is alive; then 0.5 s of silence must still time out.
+    events = [b"data: %d\n\n" % i for i in range(6)]
+
+    async def scenario() -> list[bytes]:
+        async with Scripted(streams(*events, pause=0.1, then_stall=5)) as server:
+            pool = UpstreamPool(server.url, read_timeout=0.25)
+            response = await pool.request("POST", b"/chat/completions", [], b"{}")
+            got: list[bytes] = []
+
+            def sink(chunk: bytes) -> bool:
+                got.append(chunk)
+                return True
+
+            response.relay_to(sink)
+            started = asyncio.get_running_loop().time()
+            with pytest.raises(TimeoutError):
+                await collect(response, got)
+            assert asyncio.get_running_loop().time() - started > 0.6
+            response.close()
+            pool.close()
+            return got
+
+    assert run(scenario()) == events
+
+
 def test_a_streamed_upload_goes_chunked(run: Run) -> None:
     seen: list[tuple[list[bytes], bytes]] = []
 

@@ -14,6 +14,7 @@ import logging
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from typing import Any, Protocol
 
 from starlette.concurrency import run_in_threadpool
 from starlette.types import Message, Receive, Scope, Send
@@ -54,6 +55,16 @@ BODYLESS = frozenset({"GET", "HEAD", "DELETE", "OPTIONS"})
 
 class TooLarge(Exception):
     pass
+
+
+class SendNow(Protocol):
+    """The server's ``keybroker.send_now`` extension (server_protocol.SendNow)."""
+
+    for_send: Any
+
+    def ready(self) -> bool: ...
+
+    def __call__(self, body: bytes) -> None: ...
 
 
 @dataclass
@@ -258,6 +269,7 @@ class ProxyApp:
             prepared,
             receive,
             send,
+            send_now_for(scope, send),
             cors,
             grant,
             rest,
@@ -326,6 +338,7 @@ class ProxyApp:
         prepared: Prepared,
         receive: Receive,
         send: Send,
+        send_now: SendNow | None,
         cors: list[tuple[bytes, bytes]],
         grant: GrantView,
         rest: str,
@@ -388,7 +401,8 @@ class ProxyApp:
                 headers.append((b"content-length", b"%d" % length))
             await send({"type": "http.response.start", "status": status, "headers": headers})
             if streamed:
-                await self._relay_events(response, send, seen, prepared.strip_usage_chunk)
+                events = EventSplitter(seen, prepared.strip_usage_chunk)
+                await self._relay_events(response, send, send_now, events)
             else:
                 await self._relay_body(response, send, seen, scan="json" in content_type)
             await send({"type": "http.response.body", "body": b""})
@@ -438,27 +452,68 @@ class ProxyApp:
             json_usage(b"".join(kept), seen)
 
     async def _relay_events(
-        self, response: UpstreamResponse, send: Send, seen: Seen, strip_usage_chunk: bool
+        self,
+        response: UpstreamResponse,
+        send: Send,
+        send_now: SendNow | None,
+        events: EventSplitter,
     ) -> None:
-        pending = b""
-        async for chunk in response.iter_chunks():
-            pending += chunk
-            # Events end with a blank line (HTML Standard, server-sent events); normalise CRLF.
-            if b"\r" in pending:
-                pending = pending.replace(b"\r\n", b"\n")
-            cut = pending.rfind(b"\n\n")
-            if cut < 0:
-                continue
-            ready, pending = pending[: cut + 2], pending[cut + 2 :]
-            out = []
-            for event in ready.split(b"\n\n")[:-1]:
-                if event_usage(event, seen) and strip_usage_chunk:
-                    continue  # the app did not ask for the usage chunk; we did
-                out.append(event + b"\n\n")
-            if out:
-                await send({"type": "http.response.body", "body": b"".join(out), "more_body": True})
-        if pending:
-            await send({"type": "http.response.body", "body": pending, "more_body": True})
+        if send_now is not None:
+
+            def sink(chunk: bytes) -> bool:
+                if not send_now.ready():
+                    return False  # the client is not taking more: the task waits for it
+                out = events.take(chunk)
+                if out:
+                    send_now(out)
+                return True
+
+            response.relay_to(sink)
+        try:
+            async for chunk in response.iter_chunks():
+                out = events.take(chunk)
+                if out:
+                    await send({"type": "http.response.body", "body": out, "more_body": True})
+        finally:
+            response.relay_to(None)
+        if events.pending:
+            await send({"type": "http.response.body", "body": events.pending, "more_body": True})
+
+
+class EventSplitter:
+    """Whole server-sent events out of the upstream's chunks, with their usage noted."""
+
+    def __init__(self, seen: Seen, strip_usage_chunk: bool) -> None:
+        self.seen = seen
+        self.strip_usage_chunk = strip_usage_chunk
+        self.pending = b""
+
+    def take(self, chunk: bytes) -> bytes:
+        """The events this chunk completes (b"" if none); a partial event is kept."""
+        pending = self.pending + chunk
+        # Events end with a blank line (HTML Standard, server-sent events); normalise CRLF.
+        if b"\r" in pending:
+            pending = pending.replace(b"\r\n", b"\n")
+        cut = pending.rfind(b"\n\n")
+        if cut < 0:
+            self.pending = pending
+            return b""
+        ready, self.pending = pending[: cut + 2], pending[cut + 2 :]
+        out = []
+        for event in ready.split(b"\n\n")[:-1]:
+            if event_usage(event, self.seen) and self.strip_usage_chunk:
+                continue  # the app did not ask for the usage chunk; we did
+            out.append(event + b"\n\n")
+        return b"".join(out)
+
+
+def send_now_for(scope: Scope, send: Send) -> SendNow | None:
+    """The server's send-at-once extension, if it serves this very ``send`` (no wrapper)."""
+    offered = scope.get("extensions", {}).get("keybroker.send_now")
+    send_now: SendNow | None = offered.get("send") if offered else None
+    if send_now is None or send_now.for_send != send:
+        return None
+    return send_now
 
 
 class ModelNotAllowed(Exception):
