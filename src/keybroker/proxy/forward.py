@@ -390,16 +390,18 @@ class ProxyApp:
             content_type = response.content_type
             streamed = content_type.startswith("text/event-stream")
             length = response.content_length
-            if streamed or length is None or length > WATCH_ABOVE:
-                # The request body is fully read now: a disconnect from here on cancels
-                # upstream. A short body already on its way is relayed without a watcher.
-                watcher = asyncio.create_task(_watch_disconnect(receive, response))
             headers = [*response_headers(response), *cors]
             if not streamed and length is not None and status not in (204, 304):
                 # Relayed unchanged, so the upstream's length holds: the app's client knows
                 # where the answer ends without chunked framing (RFC 9112 §6.3).
                 headers.append((b"content-length", b"%d" % length))
             await send({"type": "http.response.start", "status": status, "headers": headers})
+            if streamed or length is None or length > WATCH_ABOVE:
+                # The request body is fully read now: a disconnect from here on cancels
+                # upstream. A short body already on its way is relayed without a watcher.
+                # Started after the head, whose send is held to the end of this turn, so that
+                # the watcher's first step runs after that send, not before it.
+                watcher = asyncio.create_task(_watch_disconnect(receive, response))
             if streamed:
                 events = EventSplitter(seen, prepared.strip_usage_chunk)
                 await self._relay_events(response, send, send_now, events)
