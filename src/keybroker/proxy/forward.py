@@ -14,7 +14,7 @@ import logging
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Protocol
 
 from starlette.concurrency import run_in_threadpool
 from starlette.types import Message, Receive, Scope, Send
@@ -60,7 +60,7 @@ class TooLarge(Exception):
 class SendNow(Protocol):
     """The server's ``keybroker.send_now`` extension (server_protocol.SendNow)."""
 
-    for_send: Any
+    def serves(self, send: object) -> bool: ...
 
     def ready(self) -> bool: ...
 
@@ -513,9 +513,7 @@ def send_now_for(scope: Scope, send: Send) -> SendNow | None:
     """The server's send-at-once extension, if it serves this very ``send`` (no wrapper)."""
     offered = scope.get("extensions", {}).get("keybroker.send_now")
     send_now: SendNow | None = offered.get("send") if offered else None
-    if send_now is None or send_now.for_send != send:
-        return None
-    return send_now
+    return send_now if send_now is not None and send_now.serves(send) else None
 
 
 class ModelNotAllowed(Exception):
