@@ -1,9 +1,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import socket
 import threading
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -138,6 +140,24 @@ def test_held_bytes_for_a_connection_closed_meanwhile_are_dropped() -> None:
     asyncio.run(scenario())
 
 
+@contextlib.contextmanager
+def under_uvicorn(app: Any) -> Iterator[int]:
+    """``app`` served as `keybroker serve` serves, in a thread; yields its port."""
+    server, _ = serve_in_thread(app, http=JoinedWritesProtocol)
+    try:
+        yield server.config.port
+    finally:
+        server.should_exit = True
+        server.thread.join(timeout=10)  # type: ignore[attr-defined]
+
+
+def read_until(sock: socket.socket, done: Any, seen: bytes = b"") -> bytes:
+    """What arrives until ``done(seen)``; the socket's timeout fails a wait that is too long."""
+    while not done(seen):
+        seen += sock.recv(1 << 20)
+    return seen
+
+
 def test_under_uvicorn_a_chunk_is_not_held_for_the_next() -> None:
     told = threading.Event()
 
@@ -149,24 +169,16 @@ def test_under_uvicorn_a_chunk_is_not_held_for_the_next() -> None:
         await asyncio.get_running_loop().run_in_executor(None, told.wait, 5)
         await send({"type": "http.response.body", "body": b"data: 2\n\n", "more_body": False})
 
-    server, _ = serve_in_thread(app, http=JoinedWritesProtocol)
-    try:
-        with socket.create_connection(("127.0.0.1", server.config.port), timeout=5) as sock:
-            for _ in range(2):  # and the connection is kept alive for a second request
-                told.clear()
-                sock.sendall(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
-                seen = b""
-                while b"data: 1\n\n" not in seen:
-                    seen += sock.recv(4096)
-                assert seen.startswith(b"HTTP/1.1 200 OK\r\n")
-                assert b"data: 2" not in seen
-                told.set()
-                while not seen.endswith(b"0\r\n\r\n"):
-                    seen += sock.recv(4096)
-                assert seen.count(b"data: 2\n\n") == 1
-    finally:
-        server.should_exit = True
-        server.thread.join(timeout=10)  # type: ignore[attr-defined]
+    with under_uvicorn(app) as port, socket.create_connection(("127.0.0.1", port), 5) as sock:
+        for _ in range(2):  # and the connection is kept alive for a second request
+            told.clear()
+            sock.sendall(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
+            seen = read_until(sock, lambda seen: b"data: 1\n\n" in seen)
+            assert seen.startswith(b"HTTP/1.1 200 OK\r\n")
+            assert b"data: 2" not in seen
+            told.set()
+            seen = read_until(sock, lambda seen: seen.endswith(b"0\r\n\r\n"), seen)
+            assert seen.count(b"data: 2\n\n") == 1
 
 
 def test_under_uvicorn_a_complete_answer_is_not_held_for_the_apps_after_work() -> None:
@@ -179,18 +191,15 @@ def test_under_uvicorn_a_complete_answer_is_not_held_for_the_apps_after_work() -
         await send({"type": "http.response.body", "body": b"{}"})
         after.wait(10)  # blocks the loop: held bytes would only go out after it
 
-    server, _ = serve_in_thread(app, http=JoinedWritesProtocol)
-    try:
-        with socket.create_connection(("127.0.0.1", server.config.port), timeout=3) as sock:
-            sock.sendall(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
-            seen = b""
-            while not seen.endswith(b"\r\n\r\n{}"):
-                seen += sock.recv(4096)  # times out (fails) if the answer waits for the app
-            assert seen.startswith(b"HTTP/1.1 200 OK\r\n")
-    finally:
-        after.set()
-        server.should_exit = True
-        server.thread.join(timeout=10)  # type: ignore[attr-defined]
+    with under_uvicorn(app) as port:
+        try:
+            with socket.create_connection(("127.0.0.1", port), 3) as sock:
+                sock.sendall(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
+                # Times out (fails) if the answer waits for the app.
+                seen = read_until(sock, lambda seen: seen.endswith(b"\r\n\r\n{}"))
+                assert seen.startswith(b"HTTP/1.1 200 OK\r\n")
+        finally:
+            after.set()  # before the server is stopped: its loop is blocked until then
 
 
 def test_under_uvicorn_send_now_sends_a_started_answers_parts_from_outside_the_task() -> None:
@@ -216,16 +225,9 @@ def test_under_uvicorn_send_now_sends_a_started_answers_parts_from_outside_the_t
         await send({"type": "http.response.body", "body": b"data: 3\n\n", "more_body": False})
         states.append(("after the end", send_now.ready()))
 
-    server, _ = serve_in_thread(app, http=JoinedWritesProtocol)
-    try:
-        with socket.create_connection(("127.0.0.1", server.config.port), timeout=5) as sock:
-            sock.sendall(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
-            seen = b""
-            while not seen.endswith(b"0\r\n\r\n"):
-                seen += sock.recv(4096)
-    finally:
-        server.should_exit = True
-        server.thread.join(timeout=10)  # type: ignore[attr-defined]
+    with under_uvicorn(app) as port, socket.create_connection(("127.0.0.1", port), 5) as sock:
+        sock.sendall(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
+        seen = read_until(sock, lambda seen: seen.endswith(b"0\r\n\r\n"))
     assert seen.split(b"\r\n\r\n", 1)[1] == (
         b"9\r\ndata: 1\n\n\r\n9\r\ndata: 2\n\n\r\n9\r\ndata: 3\n\n\r\n0\r\n\r\n"
     )
@@ -253,18 +255,11 @@ def test_under_uvicorn_send_now_is_not_ready_while_the_client_is_not_reading() -
         # As the proxy does then: wait with send until the client takes more.
         await send({"type": "http.response.body", "body": b"end", "more_body": False})
 
-    server, _ = serve_in_thread(app, http=JoinedWritesProtocol)
-    try:
-        with socket.create_connection(("127.0.0.1", server.config.port), timeout=5) as sock:
-            sock.sendall(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
-            seen = bytearray()
-            while not seen.endswith(b"end\r\n0\r\n\r\n"):
-                seen += sock.recv(1 << 20)
-    finally:
-        server.should_exit = True
-        server.thread.join(timeout=10)  # type: ignore[attr-defined]
+    with under_uvicorn(app) as port, socket.create_connection(("127.0.0.1", port), 5) as sock:
+        sock.sendall(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
+        seen = read_until(sock, lambda seen: seen.endswith(b"end\r\n0\r\n\r\n"))
     assert 0 < sent_at_once[0] < 1000  # flow control stopped it
-    body = bytes(seen).split(b"\r\n\r\n", 1)[1]
+    body = seen.split(b"\r\n\r\n", 1)[1]
     assert body == (b"10000\r\n" + part + b"\r\n") * sent_at_once[0] + b"3\r\nend\r\n0\r\n\r\n"
 
 
@@ -276,18 +271,15 @@ def test_serving_an_answer_leaves_no_reference_cycle_behind() -> None:
         await send({"type": "http.response.start", "status": 200, "headers": head})
         await send({"type": "http.response.body", "body": b"{}"})
 
-    server, _ = serve_in_thread(app, http=JoinedWritesProtocol)
-    gc.collect()
-    gc.disable()
-    try:
-        for _ in range(100):
-            with socket.create_connection(("127.0.0.1", server.config.port), timeout=5) as sock:
-                sock.sendall(b"GET / HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
-                while sock.recv(4096):
-                    pass
-        left = gc.collect()
-    finally:
-        gc.enable()
-        server.should_exit = True
-        server.thread.join(timeout=10)  # type: ignore[attr-defined]
+    with under_uvicorn(app) as port:
+        gc.collect()
+        gc.disable()
+        try:
+            for _ in range(100):
+                with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+                    sock.sendall(b"GET / HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+                    read_until(sock, lambda seen: seen.endswith(b"{}"))
+            left = gc.collect()
+        finally:
+            gc.enable()
     assert left < 100  # with a cycle per request: 24 objects each
