@@ -10,7 +10,8 @@ from typing import Any
 
 import pytest
 
-from keybroker.server_protocol import SEND_NOW, JoinedWrites, JoinedWritesProtocol
+from keybroker import send_now as extension
+from keybroker.server_protocol import JoinedWrites, JoinedWritesProtocol
 from tests.upstream import serve_in_thread
 
 
@@ -206,7 +207,7 @@ def test_under_uvicorn_send_now_sends_a_started_answers_parts_from_outside_the_t
     states: list[tuple[str, bool]] = []
 
     async def app(scope: Any, receive: Any, send: Any) -> None:
-        send_now = scope["extensions"][SEND_NOW]["send"]
+        send_now = scope["extensions"][extension.NAME]["send"]
         assert send_now.serves(send)  # this very send, no wrapper between
         assert not send_now.serves(lambda message: send(message))
         states.append(("before the head", send_now.ready()))
@@ -243,7 +244,7 @@ def test_under_uvicorn_send_now_is_not_ready_while_the_client_is_not_reading() -
     sent_at_once: list[int] = []
 
     async def app(scope: Any, receive: Any, send: Any) -> None:
-        send_now = scope["extensions"][SEND_NOW]["send"]
+        send_now = scope["extensions"][extension.NAME]["send"]
         head = [(b"content-type", b"application/octet-stream")]
         await send({"type": "http.response.start", "status": 200, "headers": head})
         await asyncio.sleep(0)  # the head goes out at the end of its turn; then parts pass

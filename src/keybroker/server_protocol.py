@@ -24,7 +24,7 @@ from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 
-SEND_NOW = "keybroker.send_now"
+from keybroker import send_now
 
 
 class JoinedWrites:
@@ -99,7 +99,7 @@ class JoinedWrites:
         return getattr(self._transport, name)
 
 
-class SendNow:
+class SendNow:  # the send_now.SendNow protocol
     """Send a part of a started answer's body at once, outside the app's task.
 
     ``ready()`` says whether that can be done without waiting: the answer has begun and is not
@@ -158,7 +158,7 @@ class JoinedWritesProtocol(HttpToolsProtocol):
         # (An upgrade returns early and makes no cycle for this scope.)
         if cycle is not None and cycle.scope is self.scope:
             extensions = self.scope.setdefault("extensions", {})
-            extensions[SEND_NOW] = {"send": SendNow(cycle)}
+            extensions[send_now.NAME] = {"send": SendNow(cycle)}
 
     def on_response_complete(self) -> None:
         self.joined.answer_complete()

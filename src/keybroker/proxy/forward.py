@@ -14,11 +14,11 @@ import logging
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Protocol
 
 from starlette.concurrency import run_in_threadpool
 from starlette.types import Message, Receive, Scope, Send
 
+from keybroker import send_now as extension
 from keybroker.crypto import tokens
 from keybroker.crypto.keyring import UnknownKidError
 from keybroker.crypto.vault import SealedRecordError
@@ -55,16 +55,6 @@ BODYLESS = frozenset({"GET", "HEAD", "DELETE", "OPTIONS"})
 
 class TooLarge(Exception):
     pass
-
-
-class SendNow(Protocol):
-    """The server's ``keybroker.send_now`` extension (server_protocol.SendNow)."""
-
-    def serves(self, send: object) -> bool: ...
-
-    def ready(self) -> bool: ...
-
-    def __call__(self, body: bytes) -> None: ...
 
 
 @dataclass
@@ -269,7 +259,7 @@ class ProxyApp:
             prepared,
             receive,
             send,
-            send_now_for(scope, send),
+            scope,
             cors,
             grant,
             rest,
@@ -338,7 +328,7 @@ class ProxyApp:
         prepared: Prepared,
         receive: Receive,
         send: Send,
-        send_now: SendNow | None,
+        scope: Scope,
         cors: list[tuple[bytes, bytes]],
         grant: GrantView,
         rest: str,
@@ -404,7 +394,7 @@ class ProxyApp:
                 watcher = asyncio.create_task(_watch_disconnect(receive, response))
             if streamed:
                 events = EventSplitter(seen, prepared.strip_usage_chunk)
-                await self._relay_events(response, send, send_now, events)
+                await self._relay_events(response, send, extension.offered(scope, send), events)
             else:
                 await self._relay_body(response, send, seen, scan="json" in content_type)
             await send({"type": "http.response.body", "body": b""})
@@ -457,7 +447,7 @@ class ProxyApp:
         self,
         response: UpstreamResponse,
         send: Send,
-        send_now: SendNow | None,
+        send_now: extension.SendNow | None,
         events: EventSplitter,
     ) -> None:
         if send_now is not None:
@@ -507,13 +497,6 @@ class EventSplitter:
                 continue  # the app did not ask for the usage chunk; we did
             out.append(event + b"\n\n")
         return b"".join(out)
-
-
-def send_now_for(scope: Scope, send: Send) -> SendNow | None:
-    """The server's send-at-once extension, if it serves this very ``send`` (no wrapper)."""
-    offered = scope.get("extensions", {}).get("keybroker.send_now")
-    send_now: SendNow | None = offered.get("send") if offered else None
-    return send_now if send_now is not None and send_now.serves(send) else None
 
 
 class ModelNotAllowed(Exception):
