@@ -1,15 +1,22 @@
 # The two commands a newcomer needs: `make run` and `make test` (README).
+PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
+LOCK := requirements.lock
+UV_VERSION := 0.13.9
 NPM_CI := npm ci --no-audit --no-fund --loglevel=error
 
-.PHONY: run test install sdk bench clean
+.PHONY: run test install lock lock-upgrade sdk bench clean
 
-$(STAMP): pyproject.toml
-	test -x $(PY) || python3 -m venv $(VENV)
+# The pinned set from the lock file (hash-checked), then keybroker itself without dependencies;
+# check_lock.py stops here if pyproject.toml asks for something the lock lacks.
+$(STAMP): pyproject.toml $(LOCK)
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet --require-hashes -r $(LOCK)
+	$(PY) -m pip install --quiet --no-deps -e .
+	$(PY) scripts/check_lock.py
 	touch $(STAMP)
 
 js-sdk/node_modules/.package-lock.json: js-sdk/package-lock.json
@@ -19,6 +26,20 @@ examples/demo-app/node_modules/.package-lock.json: examples/demo-app/package-loc
 	cd examples/demo-app && $(NPM_CI)
 
 install: $(STAMP)
+
+## lock: regenerate requirements.lock after changing dependencies in pyproject.toml; pins
+## already in the lock stay, new ones resolve to the newest allowed version. One lock for
+## every supported Python (3.11+) and platform; commit it with the pyproject change.
+## UV_FLAGS passes more, e.g. `make lock UV_FLAGS='--upgrade-package starlette'`.
+lock:
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet uv==$(UV_VERSION)
+	$(VENV)/bin/uv pip compile pyproject.toml --extra dev --universal --python-version 3.11 \
+	  --generate-hashes --custom-compile-command 'make lock' --quiet -o $(LOCK) $(UV_FLAGS)
+
+## lock-upgrade: move every pin to the newest version pyproject.toml allows
+lock-upgrade:
+	$(MAKE) lock UV_FLAGS=--upgrade
 
 ## sdk: build the JS SDK (static/sdk) and the demo app's bundle
 sdk: js-sdk/node_modules/.package-lock.json examples/demo-app/node_modules/.package-lock.json
