@@ -127,3 +127,43 @@ def test_several_workers_need_redis(tmp_path: Path) -> None:
     result = run(["serve", "--workers", "2"], tmp_path)
     assert result.returncode == 2
     assert "KEYBROKER_REDIS_URL" in result.stderr
+
+
+def test_clients_add_device_and_both_kinds(tmp_path: Path) -> None:
+    from keybroker import db
+    from keybroker.oauth.clients import DEVICE_CODE_GRANT_TYPE, find_client
+
+    url = f"sqlite:///{tmp_path / 'data' / 'keybroker.db'}"
+    assert run(["db", "upgrade"], tmp_path, KEYBROKER_DATABASE_URL=url).returncode == 0
+    device = run(
+        ["clients", "add", "--name", "Tool", "--device"], tmp_path, KEYBROKER_DATABASE_URL=url
+    )
+    assert device.returncode == 0, device.stderr
+    both = run(
+        [
+            "clients",
+            "add",
+            "--name",
+            "Both",
+            "--device",
+            "--redirect-uri",
+            "http://127.0.0.1/callback",
+        ],
+        tmp_path,
+        KEYBROKER_DATABASE_URL=url,
+    )
+    assert both.returncode == 0, both.stderr
+    neither = run(["clients", "add", "--name", "None"], tmp_path, KEYBROKER_DATABASE_URL=url)
+    assert neither.returncode == 2
+    assert "--device" in neither.stderr
+    engine = db.make_engine(url)
+    tool = find_client(engine, device.stdout.strip())
+    dual = find_client(engine, both.stdout.strip())
+    engine.dispose()
+    assert tool is not None
+    assert dual is not None
+    assert tool.check_grant_type(DEVICE_CODE_GRANT_TYPE)
+    assert not tool.check_grant_type("authorization_code")
+    assert tool.redirect_uris == ()
+    assert dual.check_grant_type(DEVICE_CODE_GRANT_TYPE)
+    assert dual.check_grant_type("authorization_code")

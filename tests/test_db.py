@@ -21,6 +21,7 @@ TABLES = {
     "audit_events",
     "clients",
     "authorization_codes",
+    "device_codes",
     "grants",
     "usage",
     "alembic_version",

@@ -32,7 +32,15 @@ from keybroker.proxy.upstream import Upstream
 from keybroker.proxy.usage import Recorder
 from keybroker.resources import resource_dir
 from keybroker.settings import Settings
-from keybroker.web import auth_routes, confirm, consent, key_routes, pages, settings_routes
+from keybroker.web import (
+    auth_routes,
+    confirm,
+    consent,
+    device_routes,
+    key_routes,
+    pages,
+    settings_routes,
+)
 from keybroker.web.headers import SecurityHeadersMiddleware
 
 logger = logging.getLogger("keybroker")
@@ -152,6 +160,7 @@ def create_app(settings: Settings, *, migrate: bool | None = None) -> KeybrokerA
             *key_routes.routes,
             *settings_routes.routes,
             *consent.routes,
+            *device_routes.routes,
             *confirm.routes,
             *oauth_endpoints.routes,
             *grant_info.routes,

@@ -119,7 +119,9 @@ def cmd_clients_add(settings: Settings, args: argparse.Namespace) -> int:
 
     engine = db.make_engine(settings.database_url)
     try:
-        client_id = register_client(engine, name=args.name, redirect_uris=args.redirect_uri)
+        client_id = register_client(
+            engine, name=args.name, redirect_uris=args.redirect_uri or [], device=args.device
+        )
     except ClientRegistrationError as exc:
         print(f"keybroker: {exc}", file=sys.stderr)
         return 2
@@ -298,7 +300,9 @@ def build_parser() -> argparse.ArgumentParser:
     add = clients_sub.add_parser(
         "add",
         help="register a desktop, command-line or server app",
-        description="Register an app that receives its authorization response by redirect. "
+        description="Register an app that receives its authorization response by redirect, "
+        "or (--device) a command-line or headless app that uses the device flow (RFC 8628): "
+        "it shows a code that the person enters at <public url>/device. An app may have both. "
         "A loopback redirect such as http://127.0.0.1/callback matches any port "
         "(RFC 8252 section 7.3); every other redirect URI must match exactly. Prints the "
         "client_id.",
@@ -307,8 +311,12 @@ def build_parser() -> argparse.ArgumentParser:
     add.add_argument(
         "--redirect-uri",
         action="append",
-        required=True,
         help="an allowed redirect URI (repeat for several)",
+    )
+    add.add_argument(
+        "--device",
+        action="store_true",
+        help="allow the device flow (RFC 8628), with or without redirect URIs",
     )
     add.set_defaults(func=cmd_clients_add)
 

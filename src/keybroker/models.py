@@ -106,6 +106,8 @@ class RegisteredClient(SQLModel, table=True):
     id: str = Field(primary_key=True, max_length=64)
     name: str = Field(max_length=200)
     redirect_uris: str = Field(max_length=4000)  # JSON list
+    # May use the device authorization grant (RFC 8628), with or without redirect URIs.
+    device: bool = False
     created_at: datetime = Field(default_factory=utcnow)
 
 
@@ -124,6 +126,36 @@ class AuthorizationCode(SQLModel, table=True):
     expires_at: datetime
     used_at: datetime | None = None
     grant_id: str | None = Field(default=None, max_length=32)
+
+
+class DeviceCode(SQLModel, table=True):
+    """One device authorization request (RFC 8628 §3.1), from issue to redemption."""
+
+    __tablename__ = "device_codes"
+    # Random, shown to the owner's browser after a correct user code (never the codes).
+    id: str = Field(primary_key=True, max_length=32)
+    # SHA-256 of the device code and of the normalised user code: neither is stored.
+    device_code_hash: str = Field(unique=True, max_length=64)
+    user_code_hash: str = Field(unique=True, max_length=64)
+    client_id: str = Field(max_length=300)
+    scope: str = Field(max_length=500)
+    hints: str = Field(default="{}", max_length=2000)  # JSON: models, budget, rpm, expiry
+    # X25519 public key derived from the device code: consent seals the owner's key to it.
+    public_key: str = Field(max_length=64)
+    status: str = Field(default="pending", max_length=16)  # pending allowed denied used
+    interval: int = 5
+    next_poll_at: datetime = Field(default_factory=utcnow)
+    expires_at: datetime = Field(index=True)
+    user_id: str | None = Field(
+        default=None,
+        sa_column=Column(String(32), ForeignKey("users.id", ondelete="CASCADE"), nullable=True),
+    )
+    choices: str | None = Field(default=None, max_length=4000)
+    # The consent's ephemeral X25519 public key and the provider key sealed with it.
+    consent_key: str | None = Field(default=None, max_length=64)
+    sealed_key: str | None = Field(default=None, max_length=4000)
+    grant_id: str | None = Field(default=None, max_length=32)
+    created_at: datetime = Field(default_factory=utcnow)
 
 
 class Grant(SQLModel, table=True):

@@ -1,10 +1,17 @@
 // The consent popup: "Allow" confirms with a fresh passkey assertion, "Deny" does not; the
-// result goes to the app by postMessage to its exact origin, or by redirect.
+// result goes to the app by postMessage to its exact origin, or by redirect; a device (RFC 8628)
+// polls for it, so the page only says it is done.
 "use strict";
 (() => {
   const setText = (id, text) => { const el = document.getElementById(id); if (el) el.textContent = text; };
 
   function deliver(result) {
+    if (result.mode === "device") {
+      // The device flow: the app learns the answer by polling; this page just says so.
+      document.getElementById("consent").hidden = true;
+      setText("kb-device-done", result.message);
+      return;
+    }
     if (result.mode === "web_message") {
       if (window.opener) {
         // targetOrigin is the app's exact origin: never "*" (HTML Standard, postMessage).
@@ -39,7 +46,7 @@
       body.ceremony = start.ceremony;
       body.credential = credential.toJSON();
     }
-    deliver(await post("/authorize/decision", body));
+    deliver(await post(form.dataset.action || "/authorize/decision", body));
   }
 
   document.addEventListener("click", async (event) => {

@@ -14,8 +14,9 @@ from tests.live import LiveBroker
 PAGE = b"You can close this window and return to the terminal."
 
 
-def register_app(broker: LiveBroker, name: str) -> str:
-    """Register a loopback app with the broker's own CLI; returns its client_id."""
+def register_app(broker: LiveBroker, name: str, *options: str) -> str:
+    """Register an app with the broker's own CLI; returns its client_id. By default a loopback
+    app; ``options`` replaces that (e.g. ``--device``)."""
     added = subprocess.run(
         [
             sys.executable,
@@ -25,8 +26,7 @@ def register_app(broker: LiveBroker, name: str) -> str:
             "add",
             "--name",
             name,
-            "--redirect-uri",
-            "http://127.0.0.1/callback",
+            *(options or ("--redirect-uri", "http://127.0.0.1/callback")),
         ],
         env=broker.env,
         cwd=broker.data_dir,

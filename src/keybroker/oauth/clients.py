@@ -1,4 +1,5 @@
-"""OAuth clients: web origins (no registration) and registered apps with redirect URIs.
+"""OAuth clients: web origins (no registration) and registered apps with redirect URIs, the
+device authorization grant (RFC 8628) or both.
 
 authlib asks a client object whether a redirect URI, response type, grant type or token
 endpoint auth method is allowed; both kinds answer here. Every app is a public client
@@ -27,6 +28,7 @@ SCOPES = {
     "models": "List models",
 }
 DEFAULT_SCOPE = "chat models"
+DEVICE_CODE_GRANT_TYPE = "urn:ietf:params:oauth:grant-type:device_code"  # RFC 8628 §3.4
 LOOPBACK_HOSTS = {"127.0.0.1", "[::1]", "::1"}
 
 
@@ -85,6 +87,7 @@ class Client:
     name: str
     redirect_uris: tuple[str, ...]
     origin: str | None  # set for web-origin clients, which get web_message responses
+    device: bool = False  # registered with --device: may use the device authorization grant
 
     # authlib's ClientMixin, as far as the authorization-code grant uses it.
     def get_client_id(self) -> str:
@@ -113,7 +116,11 @@ class Client:
         return response_type == "code"
 
     def check_grant_type(self, grant_type: str) -> bool:
-        return grant_type == "authorization_code"
+        if grant_type == DEVICE_CODE_GRANT_TYPE:
+            return self.device
+        return grant_type == "authorization_code" and (
+            self.origin is not None or bool(self.redirect_uris)
+        )
 
 
 def find_client(engine: Engine, client_id: str) -> Client | None:
@@ -126,7 +133,9 @@ def find_client(engine: Engine, client_id: str) -> Client | None:
         row = db.get(RegisteredClient, client_id)
     if row is None:
         return None
-    return Client(row.id, row.name, tuple(json.loads(row.redirect_uris)), origin=None)
+    return Client(
+        row.id, row.name, tuple(json.loads(row.redirect_uris)), origin=None, device=row.device
+    )
 
 
 class ClientRegistrationError(ValueError):
@@ -153,15 +162,23 @@ def check_redirect_uri_for_registration(uri: str) -> None:
     )
 
 
-def register_client(engine: Engine, *, name: str, redirect_uris: list[str]) -> str:
-    if not redirect_uris:
-        raise ClientRegistrationError("give at least one --redirect-uri")
+def register_client(
+    engine: Engine, *, name: str, redirect_uris: list[str], device: bool = False
+) -> str:
+    """Register an app; ``device`` lets it use the device flow (it may have redirect URIs too)."""
+    if not redirect_uris and not device:
+        raise ClientRegistrationError("give at least one --redirect-uri, or --device")
     for uri in redirect_uris:
         check_redirect_uri_for_registration(uri)
     client_id = "kbc_" + secrets.token_hex(12)
     with Session(engine) as db:
         db.add(
-            RegisteredClient(id=client_id, name=name[:200], redirect_uris=json.dumps(redirect_uris))
+            RegisteredClient(
+                id=client_id,
+                name=name[:200],
+                redirect_uris=json.dumps(redirect_uris),
+                device=device,
+            )
         )
         db.commit()
     return client_id

@@ -1,4 +1,5 @@
-"""Token, revocation and metadata endpoints (RFC 6749 §3.2, RFC 7009, RFC 8414).
+"""Token, revocation, device authorization and metadata endpoints (RFC 6749 §3.2, RFC 7009,
+RFC 8628 §3.1, RFC 8414).
 
 CORS: a browser app may call the token and revocation endpoints from its own origin, and
 only for a client_id equal to that origin; every other origin gets no CORS headers, so the
@@ -78,7 +79,7 @@ async def _run(request: Request, endpoint: str) -> Response:
     if endpoint == "token":
         result = await run_in_threadpool(ctx.oauth.create_token_response, given)
     else:
-        result = await run_in_threadpool(ctx.oauth.create_endpoint_response, "revocation", given)
+        result = await run_in_threadpool(ctx.oauth.create_endpoint_response, endpoint, given)
     answer: OAuthResult = result
     return answer.to_response({**NO_STORE, **cors})
 
@@ -91,6 +92,10 @@ async def revoke(request: Request) -> Response:
     return await _run(request, "revocation")
 
 
+async def device_authorization(request: Request) -> Response:
+    return await _run(request, "device_authorization")
+
+
 async def server_metadata(request: Request) -> Response:
     ctx = get_context(request)
     return JSONResponse(
@@ -101,5 +106,6 @@ async def server_metadata(request: Request) -> Response:
 routes = [
     Route("/oauth/token", token, methods=["POST", "OPTIONS"]),
     Route("/oauth/revoke", revoke, methods=["POST", "OPTIONS"]),
+    Route("/oauth/device_authorization", device_authorization, methods=["POST", "OPTIONS"]),
     Route("/.well-known/oauth-authorization-server", server_metadata),
 ]

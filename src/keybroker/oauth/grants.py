@@ -26,21 +26,13 @@ from keybroker import grants as grant_store
 from keybroker.crypto import tokens, vault
 from keybroker.grants import Choices
 from keybroker.models import AuthorizationCode, utcnow
+from keybroker.oauth import device
+from keybroker.oauth.approval import Consent
 from keybroker.oauth.clients import Client
 from keybroker.oauth.server import AuthorizationServer, StarletteOAuth2Request
 
 CODE_TTL = timedelta(minutes=10)
 CODE_USE = "authorization-code"
-
-
-@dataclass
-class Consent:
-    """The approving owner, passed to authlib as ``grant_user``."""
-
-    user_id: str
-    choices: Choices
-    provider_key: str = field(repr=False)
-    token: tokens.AppToken | None = None
 
 
 @dataclass(frozen=True)
@@ -222,4 +214,7 @@ def build_server(engine: Any, ring: Any, *, issuer: str, base_url: str) -> Autho
     server = AuthorizationServer(engine, ring, issuer=issuer, base_url=base_url)
     server.register_grant(AuthorizationCodeGrant, [S256CodeChallenge(required=True)])
     server.register_endpoint(RevocationEndpoint)
+    # RFC 8628: the device authorization endpoint and its grant at the token endpoint.
+    server.register_grant(device.DeviceCodeGrant)
+    server.register_endpoint(device.DeviceAuthorizationEndpoint)
     return server

@@ -165,7 +165,7 @@ def metadata(issuer: str) -> dict[str, Any]:
     """RFC 8414 authorization server metadata."""
     from authlib.oauth2 import rfc8414, rfc9207
 
-    from keybroker.oauth.clients import SCOPES
+    from keybroker.oauth.clients import DEVICE_CODE_GRANT_TYPE, SCOPES
 
     data = rfc8414.AuthorizationServerMetadata(
         {
@@ -173,9 +173,10 @@ def metadata(issuer: str) -> dict[str, Any]:
             "authorization_endpoint": f"{issuer}/authorize",
             "token_endpoint": f"{issuer}/oauth/token",
             "revocation_endpoint": f"{issuer}/oauth/revoke",
+            "device_authorization_endpoint": f"{issuer}/oauth/device_authorization",  # RFC 8628
             "response_types_supported": ["code"],
             "response_modes_supported": ["query", "web_message"],
-            "grant_types_supported": ["authorization_code"],
+            "grant_types_supported": ["authorization_code", DEVICE_CODE_GRANT_TYPE],
             "code_challenge_methods_supported": ["S256"],
             "token_endpoint_auth_methods_supported": ["none"],
             "revocation_endpoint_auth_methods_supported": ["none"],

@@ -1,5 +1,6 @@
 """Abuse limits on the unauthenticated and expensive endpoints: passkey ceremonies, key
-validation (so the broker is no oracle for testing stolen keys) and the token endpoint.
+validation (so the broker is no oracle for testing stolen keys), the token endpoint and the
+device flow's code entry (against guessing user codes).
 
 Counted per client IP and, where there is one, per account, with the same limit backend as
 the proxy (in-process, or Redis for several instances).
@@ -24,6 +25,11 @@ CEREMONY_PER_IP = Rule("ceremony-ip", 60)
 KEY_CHECK_PER_ACCOUNT = Rule("keycheck-account", 10)
 KEY_CHECK_PER_IP = Rule("keycheck-ip", 20)
 TOKEN_PER_IP = Rule("token-ip", 120)
+# Device flow user codes (RFC 8628 §5.1): 10 a minute from one address and 5 a minute for
+# one code; over a code's 10 minutes one address makes at most 100 guesses at a space of
+# 20^8 (tests/oauth/test_device.py does the arithmetic).
+USER_CODE_PER_IP = Rule("usercode-ip", 10)
+USER_CODE_PER_CODE = Rule("usercode-code", 5)
 
 
 class TooManyAttempts(Exception):

@@ -8,6 +8,7 @@ registered URI; an invalid client or redirect URI only ever gets an error page.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -19,10 +20,11 @@ from starlette.routing import Route
 
 from keybroker import grants as grant_store
 from keybroker import provider_keys
+from keybroker.auth.sessions import SignedIn
 from keybroker.context import Context, get_context
 from keybroker.grants import ChoiceError
+from keybroker.oauth.approval import Consent
 from keybroker.oauth.clients import SCOPES, Client
-from keybroker.oauth.grants import Consent
 from keybroker.oauth.server import HTTPInput, OAuthResult, with_params
 from keybroker.web.confirm import (
     CONFIRMATION_ERRORS,
@@ -109,17 +111,42 @@ async def authorize(request: Request) -> Response:
         if delivery["mode"] == "redirect":
             return Response(status_code=302, headers={"location": delivery["location"]})
         return _error_page(request, error.error, error.get_error_description(), delivery)
-    client: Client = grant.request.client
+    return await consent_steps(
+        request,
+        grant.request.client,
+        here=f"/authorize?{query}",
+        query=query,
+        scopes=grant.request.scope.split(),
+        hints=grant.request.payload.data,
+    )
+
+
+async def consent_steps(
+    request: Request,
+    client: Client,
+    *,
+    here: str,
+    query: str,
+    scopes: list[str],
+    hints: Mapping[str, str],
+    device: bool = False,
+) -> Response:
+    """Sign in, add a key, or the consent screen, whichever comes next for this owner.
+    ``query`` identifies the request to the decision endpoint; ``device`` says a device
+    (RFC 8628) is asking."""
+    ctx = get_context(request)
     signed_in = await run_in_threadpool(ctx.sessions.current, request)
-    here = f"/authorize?{query}"
-    common: dict[str, Any] = {"client": client, "signed_in": signed_in, "next_url": here}
+    common: dict[str, Any] = {
+        "client": client,
+        "signed_in": signed_in,
+        "next_url": here,
+        "device": device,
+    }
     if signed_in is None:
         return render(request, "authorize.html", step="signin", **common)
     stored = await run_in_threadpool(provider_keys.stored_key, ctx.engine, signed_in.user.id)
     if stored is None:
         return render(request, "authorize.html", step="key", error=None, **common)
-    data = grant.request.payload.data
-    scopes = grant.request.scope.split()
     return render(
         request,
         "authorize.html",
@@ -128,10 +155,10 @@ async def authorize(request: Request) -> Response:
         stored=stored,
         query=query,
         scopes=[(s, SCOPES[s]) for s in scopes],
-        models=data.get("models", ""),
-        budget=_hint(data.get("budget"), 5, 0, 10_000),
-        rpm=int(_hint(data.get("rpm"), 60, 1, 10_000)),
-        days=int(_hint(data.get("expires_in_days"), 30, 1, 365)),
+        models=hints.get("models", ""),
+        budget=_hint(hints.get("budget"), 5, 0, 10_000),
+        rpm=int(_hint(hints.get("rpm"), 60, 1, 10_000)),
+        days=int(_hint(hints.get("expires_in_days"), 30, 1, 365)),
     )
 
 
@@ -174,26 +201,7 @@ async def decision(request: Request) -> Response:
         client: Client = grant.request.client
         consent: Consent | None = None
         if body.get("decision") == "allow":
-            fields = body.get("choices")
-            if not isinstance(fields, dict):
-                raise HTTPProblem(400, "The consent choices are missing.")
-            asked = grant.request.scope.split()
-            picked = [s for s in fields.get("scopes", []) if s in asked]
-            choices = grant_store.choices_from_form(
-                {k: str(v) for k, v in fields.items() if k != "scopes"}, picked
-            )
-            proof = await verify_fresh_assertion(ctx, signed_in.user.id, body)
-            key = await run_in_threadpool(
-                provider_keys.open_key, ctx.engine, ctx.ring, signed_in.user.id, proof
-            )
-            if proof is not None:
-                # A PRF passkey used here gets its key slot if it has none yet.
-                await run_in_threadpool(
-                    provider_keys.add_slot, ctx.engine, ctx.ring, signed_in.user.id, proof
-                )
-            if key is None:
-                raise HTTPProblem(409, "Your OpenAI key is gone. Add it again first.")
-            consent = Consent(signed_in.user.id, choices, key)
+            consent = await owner_consent(ctx, signed_in, body, grant.request.scope.split())
         elif body.get("decision") != "deny":
             raise HTTPProblem(400, "Choose Allow or Deny.")
     except ChoiceError as exc:
@@ -207,6 +215,33 @@ async def decision(request: Request) -> Response:
         lambda: ctx.oauth.create_authorization_response(given, grant_user=consent, grant=grant)
     )
     return JSONResponse(_delivery(ctx, client, result), headers={"cache-control": "no-store"})
+
+
+async def owner_consent(
+    ctx: Context, signed_in: SignedIn, body: dict[str, Any], asked: list[str]
+) -> Consent:
+    """The owner's Allow: their choices (within the ``asked`` scopes), confirmed by a fresh
+    passkey assertion, and their key opened for the grant. Raises CONFIRMATION_ERRORS or
+    ChoiceError."""
+    fields = body.get("choices")
+    if not isinstance(fields, dict):
+        raise HTTPProblem(400, "The consent choices are missing.")
+    picked = [s for s in fields.get("scopes", []) if s in asked]
+    choices = grant_store.choices_from_form(
+        {k: str(v) for k, v in fields.items() if k != "scopes"}, picked
+    )
+    proof = await verify_fresh_assertion(ctx, signed_in.user.id, body)
+    key = await run_in_threadpool(
+        provider_keys.open_key, ctx.engine, ctx.ring, signed_in.user.id, proof
+    )
+    if proof is not None:
+        # A PRF passkey used here gets its key slot if it has none yet.
+        await run_in_threadpool(
+            provider_keys.add_slot, ctx.engine, ctx.ring, signed_in.user.id, proof
+        )
+    if key is None:
+        raise HTTPProblem(409, "Your OpenAI key is gone. Add it again first.")
+    return Consent(signed_in.user.id, choices, key)
 
 
 routes = [
