@@ -9,13 +9,14 @@ NPM_CI := npm ci --no-audit --no-fund --loglevel=error
 
 .PHONY: run test install lock lock-upgrade sdk bench clean
 
-# The pinned set from the lock file (hash-checked), then keybroker itself without dependencies;
-# check_lock.py stops here if pyproject.toml asks for something the lock lacks.
-$(STAMP): pyproject.toml $(LOCK)
+# The pinned set from the lock file (hash-checked), then keybroker and keybroker-client
+# (clients/python) without dependencies; check_lock.py stops here if either pyproject.toml
+# asks for something the lock lacks.
+$(STAMP): pyproject.toml $(LOCK) clients/python/pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet --require-hashes -r $(LOCK)
-	$(PY) -m pip install --quiet --no-deps -e .
+	$(PY) -m pip install --quiet --no-deps -e . -e clients/python
 	$(PY) scripts/check_lock.py
 	touch $(STAMP)
 

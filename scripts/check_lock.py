@@ -42,7 +42,8 @@ def unmet(name: str, extras: tuple[str, ...], seen: set[tuple[str, str]]) -> lis
 
 
 def main() -> int:
-    problems = unmet("keybroker", LOCKED_EXTRAS, set())
+    # keybroker-client (clients/python) is installed beside it for the browser tests.
+    problems = unmet("keybroker", LOCKED_EXTRAS, set()) + unmet("keybroker-client", (), set())
     if problems:
         print("requirements.lock does not satisfy pyproject.toml:", file=sys.stderr)
         for problem in problems:

@@ -33,21 +33,12 @@ from tests.helpers import (
     authorize_query,
     pkce,
     post,
-    register,
-    save_key,
 )
 from tests.live import Live
 from tests.softauthn import SoftAuthenticator
 
 BROKER = "http://localhost:8000"
 USER_CODE = re.compile(r"^[BCDFGHJKLMNPQRSTVWXZ]{4}-[BCDFGHJKLMNPQRSTVWXZ]{4}$")
-
-
-@pytest.fixture
-def owner(client: TestClient) -> SoftAuthenticator:
-    authn = register(client)
-    save_key(client)
-    return authn
 
 
 @pytest.fixture

@@ -25,18 +25,10 @@ from tests.helpers import (
     pkce,
     redeem,
     register,
-    save_key,
 )
 from tests.softauthn import SoftAuthenticator
 
 LOOPBACK = "http://127.0.0.1/callback"
-
-
-@pytest.fixture
-def owner(client: TestClient) -> SoftAuthenticator:
-    authn = register(client)
-    save_key(client)
-    return authn
 
 
 @pytest.fixture

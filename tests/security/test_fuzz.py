@@ -126,3 +126,35 @@ def test_authorize_endpoint(client: TestClient, params: dict[str, str]) -> None:
     if response.status_code in (301, 302, 303, 307):
         # Only ever to a registered redirect URI; no client is registered here.
         raise AssertionError(f"redirected to {response.headers['location']}")
+
+
+device_fields = st.dictionaries(
+    st.sampled_from(
+        ["client_id", "scope", "models", "budget", "rpm", "expires_in_days", "device_code"]
+    ),
+    text,
+    max_size=6,
+)
+
+
+@FUZZ
+@given(form=device_fields, grant=st.booleans())
+def test_device_endpoints(client: TestClient, form: dict[str, str], grant: bool) -> None:
+    # The device authorization endpoint, and polling with the device grant type.
+    if grant:
+        form = {**form, "grant_type": "urn:ietf:params:oauth:grant-type:device_code"}
+    response = client.post("/oauth/token" if grant else "/oauth/device_authorization", data=form)
+    clean(response)
+    assert response.status_code != 200  # no device client is registered here
+    assert "error" in response.json()
+
+
+@FUZZ
+@given(code=text, request_id=st.text(max_size=60), query=text)
+def test_device_pages(client: TestClient, code: str, request_id: str, query: str) -> None:
+    same_origin = {"origin": "http://localhost:8000", "sec-fetch-site": "same-origin"}
+    entered = client.post("/device", data={"user_code": code}, headers=same_origin)
+    clean(entered)
+    assert entered.status_code in (400, 429)
+    clean(client.get(f"/device?{urlencode({'user_code': query})}"))
+    clean(client.get(f"/device/request/{quote(request_id, safe='')}"))
