@@ -290,6 +290,11 @@ def test_loopback_deny_and_timeout(broker: FakeBroker) -> None:
             broker.url, CLIENT, open_browser=lambda url: True, timeout=0.2, show=lambda _: None
         )
     assert late.value.code == "timeout"
+    with pytest.raises(KeybrokerError) as closed:
+        request_openai_api(
+            broker.url, CLIENT, flow="loopback", open_browser=lambda url: False, show=print
+        )
+    assert closed.value.code == "no_browser"
 
 
 def test_loopback_ignores_a_wrong_state_and_another_issuer(broker: FakeBroker) -> None:

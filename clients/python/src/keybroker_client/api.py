@@ -96,7 +96,7 @@ def request_openai_api(
             opener = open_browser or _open_in_browser
             result = loopback.run(client, ask, timeout=timeout, open_browser=opener, show=show)
             if result is None and flow == "loopback":
-                raise KeybrokerError("timeout", "No browser could be opened.")
+                raise KeybrokerError("no_browser", "No browser could be opened.")
         if result is None:
             result = device.run(client, ask, timeout=timeout, show=show)
     access, lifetime = result

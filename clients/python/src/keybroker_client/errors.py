@@ -10,6 +10,7 @@ CODES = {
     "invalid_response": "the broker answered something this package does not understand",
     "unreachable": "the broker could not be reached",
     "refused": "the broker refused the request (unknown client, scope or flow)",
+    "no_browser": "flow='loopback' was asked for, but no browser could be opened",
 }
 
 
