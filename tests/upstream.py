@@ -23,8 +23,12 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from tests.net import free_port
+from tests.upstream_objects import Objects, build_routes
 
 SLOW_SECONDS = 3.0
+# The catch-all answers (and records) any method, so that a method the proxy must never
+# forward would show up in ``seen`` if it did.
+ANY_METHOD = ["GET", "POST", "DELETE", "PUT", "PATCH", "TRACE", "PROPFIND", "HEAD", "OPTIONS"]
 
 
 @dataclass
@@ -41,6 +45,7 @@ class Upstream:
     seen: list[Seen] = field(default_factory=list)
     cancelled: list[str] = field(default_factory=list)
     completed: list[str] = field(default_factory=list)
+    objects: Objects = field(default_factory=Objects)
     server: uvicorn.Server | None = None
     thread: threading.Thread | None = None
 
@@ -76,6 +81,18 @@ def build_app(state: Upstream) -> Starlette:
             )
         if "slow" in auth:
             await asyncio.sleep(SLOW_SECONDS)
+        echo = request.headers.get("x-stainless-test-echo")
+        if echo is not None:  # an upstream that tells the key it was given, as some do
+            key = auth.removeprefix("Bearer ")
+            shown = {
+                "whole": key,
+                "masked": f"{key[:8]}{'*' * 20}{key[-4:]}",
+                "ellipsis": f"{key[:8]}\\u2026{key[-4:]}",  # JSON-escaped, as OpenAI writes it
+                "utf8": f"{key[:8]}…{key[-4:]}",
+            }[echo]
+            raw = f'{{"error": {{"message": "Incorrect API key provided: {shown}.", "type": '
+            raw += '"invalid_request_error", "param": null, "code": "invalid_api_key"}}'
+            return Response(raw.encode(), status_code=401, media_type="application/json")
         return None
 
     async def models(request: Request) -> Response:
@@ -131,10 +148,19 @@ def build_app(state: Upstream) -> Starlette:
             await asyncio.sleep(int(directives["sleep"]) / 1000)
         model = body.get("model", "gpt-4o-mini")
         prompt_tokens = 10 * len(body.get("messages", []))
+        chat_id = "chatcmpl-1"
+        if body.get("store") is True:  # a stored completion, listed and read back later
+            chat_id = state.objects.add(
+                "chat.completion", model=model, metadata=body.get("metadata") or {}
+            )["id"]
+            state.objects.children[chat_id] = [
+                {"id": f"{chat_id}-{i}", "role": m.get("role"), "content": m.get("content")}
+                for i, m in enumerate(body.get("messages", []))
+            ]
         if not body.get("stream"):
             return JSONResponse(
                 {
-                    "id": "chatcmpl-1",
+                    "id": chat_id,
                     "object": "chat.completion",
                     "created": 1,
                     "model": model,
@@ -170,7 +196,7 @@ def build_app(state: Upstream) -> Starlette:
                     if broken and i == 2:
                         raise RuntimeError("upstream broke the stream")
                     chunk = {
-                        "id": "chatcmpl-2",
+                        "id": chat_id if chat_id != "chatcmpl-1" else "chatcmpl-2",
                         "object": "chat.completion.chunk",
                         "created": 1,
                         "model": model,
@@ -223,8 +249,11 @@ def build_app(state: Upstream) -> Starlette:
         body = json.loads(state.seen[-1].body)
         model = body.get("model", "gpt-4o-mini")
         usage = {"input_tokens": 21, "output_tokens": 4, "total_tokens": 25}
+        response_id = "resp_1"
+        if body.get("store") is not False:  # stored unless asked not to, as at OpenAI
+            response_id = state.objects.new_id("response")
         final = {
-            "id": "resp_1",
+            "id": response_id,
             "object": "response",
             "created_at": 1,
             "model": model,
@@ -239,7 +268,10 @@ def build_app(state: Upstream) -> Starlette:
                 }
             ],
             "usage": usage,
+            "previous_response_id": body.get("previous_response_id"),
         }
+        if response_id != "resp_1":
+            state.objects.by_id[response_id] = final
         if not body.get("stream"):
             return JSONResponse(final)
 
@@ -320,20 +352,19 @@ def build_app(state: Upstream) -> Starlette:
             }
         )
 
-    async def files(request: Request) -> Response:
+    object_routes = build_routes(state.objects)
+
+    async def objects(request: Request) -> Response:
+        """Every other endpoint, and anything unknown: recorded, then answered or 404."""
         refused = await record(request)
         if refused is not None:
             return refused
-        form = await _form(state.seen[-1], request)
-        return JSONResponse(
-            {
-                "id": "file-abc123",
-                "object": "file",
-                "bytes": form["file_size"],
-                "created_at": 1,
-                "filename": form["filename"],
-                "purpose": form.get("purpose", ""),
-            }
+        for method, pattern, handler in object_routes:
+            found = pattern.match(request.url.path)
+            if found and method == request.method:
+                return await handler(request, state.objects, found.groupdict(), state.seen[-1].body)
+        return openai_error(
+            404, f"Invalid URL ({request.method} {request.url.path})", "invalid_request_error", None
         )
 
     return Starlette(
@@ -345,8 +376,8 @@ def build_app(state: Upstream) -> Starlette:
             Route("/v1/images/generations", images, methods=["POST"]),
             Route("/v1/audio/speech", speech, methods=["POST"]),
             Route("/v1/audio/transcriptions", transcriptions, methods=["POST"]),
-            Route("/v1/files", files, methods=["POST"]),
             Route("/v1/moderations", embeddings, methods=["POST"]),
+            Route("/{path:path}", objects, methods=ANY_METHOD),
         ]
     )
 
@@ -359,15 +390,15 @@ def _sse(event: str, data: dict[str, Any]) -> bytes:
 
 
 async def _form(seen: Seen, request: Request) -> dict[str, Any]:
-    from keybroker.proxy.bodies import multipart_values
+    from keybroker.proxy import framing
 
-    content_type = seen.headers.get("content-type", "").encode()
-    files = multipart_values(seen.body, content_type, "file")
-    purpose = multipart_values(seen.body, content_type, "purpose")
-    name = re.search(rb'filename="([^"]*)"', seen.body)
+    kind = framing.body_type(seen.headers.get("content-type", "").encode())
+    parts = framing.multipart_parts(seen.body, kind)
+    files = [p for p in parts if p.name == "file"]
+    purpose = [p.data.decode() for p in parts if p.name == "purpose"]
     return {
-        "file_size": len(files[0].encode("utf-8", "surrogateescape")) if files else 0,
-        "filename": name.group(1).decode() if name else "",
+        "file_size": len(files[0].data) if files else 0,
+        "filename": (files[0].filename or "") if files else "",
         "purpose": purpose[0] if purpose else "",
     }
 

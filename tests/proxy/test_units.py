@@ -1,4 +1,5 @@
-"""Unit tests of the proxy's pieces: paths, limits, pricing, bodies, usage parsing."""
+"""Unit tests of the proxy's pieces: paths, limits, pricing, bodies, usage parsing (scopes and
+framing: test_scopes.py, test_framing.py)."""
 
 from __future__ import annotations
 
@@ -13,33 +14,15 @@ from keybroker import provider_keys
 from keybroker.app import create_app
 from keybroker.context import get_context
 from keybroker.models import User
-from keybroker.proxy.bodies import BodyError, add_include_usage, json_fields, multipart_values
+from keybroker.proxy.bodies import add_include_usage
+from keybroker.proxy.framing import strict_json
 from keybroker.proxy.limits import MemoryLimits
-from keybroker.proxy.paths import UnsafePathError, api_path, scope_for
+from keybroker.proxy.paths import UnsafePathError, api_path
 from keybroker.proxy.pricing import PriceTable
 from keybroker.proxy.usage import Seen, event_usage
 from keybroker.settings import Settings
 from tests.conftest import BROKER
 from tests.helpers import grant_token, register
-
-
-@pytest.mark.parametrize(
-    ("raw", "scope"),
-    [
-        (b"/v1/chat/completions", "chat"),
-        (b"/v1/responses/resp_1", "chat"),
-        (b"/v1/embeddings", "embeddings"),
-        (b"/v1/images/edits", "images"),
-        (b"/v1/audio/speech", "audio"),
-        (b"/v1/files/file-1/content", "files"),
-        (b"/v1/uploads/u1/parts", "files"),
-        (b"/v1/moderations", "moderations"),
-        (b"/v1/models/gpt-4o", "models"),
-        (b"/v1/fine_tuning/jobs", None),
-    ],
-)
-def test_scope_of_paths(raw: bytes, scope: str | None) -> None:
-    assert scope_for(api_path(raw)) == scope
 
 
 @pytest.mark.parametrize(
@@ -87,32 +70,10 @@ def test_pricing_longest_prefix_and_unknown() -> None:
 
 def test_include_usage_is_added_without_rewriting_the_body() -> None:
     body = b'{"model":"m","stream":true,"messages":[{"role":"user","content":"a  b"}]}  '
-    changed = add_include_usage(body, json_fields(body) or {})
+    changed = add_include_usage(body, strict_json(body))
     assert changed == body.rstrip()[:-1] + b',"stream_options":{"include_usage":true}}'
     already = b'{"stream":true,"stream_options":{"include_usage":true}}'
-    assert add_include_usage(already, json_fields(already) or {}) is None
-
-
-def test_duplicate_model_is_a_body_error() -> None:
-    with pytest.raises(BodyError):
-        json_fields(b'{"model":"a","model":"b"}')
-    with pytest.raises(BodyError):  # the same key spelled with an escape
-        json_fields(b'{"model":"a","mod\\u0065l":"b"}')
-    nested = b'{"model":"a","messages":[{"model":"b"}]}'
-    assert json_fields(nested) == {"model": "a", "messages": [{"model": "b"}]}
-    assert json_fields(b"[1]") is None
-    assert json_fields(b"{oops") is None
-
-
-def test_multipart_values() -> None:
-    body = (
-        b'--XX\r\nContent-Disposition: form-data; name="model"\r\n\r\nwhisper-1\r\n'
-        b'--XX\r\nContent-Disposition: form-data; name="file"; filename="a"\r\n'
-        b"Content-Type: audio/mpeg\r\n\r\n\x00\x01\r\n--XX--\r\n"
-    )
-    assert multipart_values(body, b"multipart/form-data; boundary=XX", "model") == ["whisper-1"]
-    with pytest.raises(BodyError):
-        multipart_values(body, b"multipart/form-data", "model")
+    assert add_include_usage(already, strict_json(already)) is None
 
 
 def test_event_usage_reads_chat_and_responses_streams() -> None:

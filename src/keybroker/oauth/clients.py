@@ -17,16 +17,10 @@ from sqlalchemy import Engine
 from sqlmodel import Session
 
 from keybroker.models import RegisteredClient
+from keybroker.proxy.scopes import LABELS
 
-SCOPES = {
-    "chat": "Chat and Responses (text generation)",
-    "embeddings": "Embeddings",
-    "images": "Image generation and editing",
-    "audio": "Speech, transcription and translation",
-    "files": "Files and uploads",
-    "moderations": "Moderations",
-    "models": "List models",
-}
+# What the consent screen says each scope allows; the pairs behind each: proxy/scopes.py.
+SCOPES = LABELS
 DEFAULT_SCOPE = "chat models"
 DEVICE_CODE_GRANT_TYPE = "urn:ietf:params:oauth:grant-type:device_code"  # RFC 8628 §3.4
 LOOPBACK_HOSTS = {"127.0.0.1", "[::1]", "::1"}

@@ -1,90 +1,120 @@
-"""Reading the model an app asks for, without re-serialising what it sent."""
+"""Reading a request body once, checked (proxy.framing), without re-serialising what it sent."""
 
 from __future__ import annotations
 
 import json
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Any
 
-from python_multipart.multipart import MultipartParser, parse_options_header
+from starlette.types import Receive
+
+from keybroker.proxy import framing
+from keybroker.proxy.framing import FramingError
+from keybroker.proxy.policy import BodyFacts
+
+JSON_LIMIT = 32 * 1024 * 1024
+MULTIPART_LIMIT = 128 * 1024 * 1024
+BODYLESS = frozenset({"GET", "DELETE"})
+# Multipart bodies that carry no model and may be large (a file of up to 512 MB): streamed
+# upstream with only their Content-Type checked. Every other multipart body is read whole.
+STREAMED_MULTIPART = frozenset({"/files", "/uploads/{upload_id}/parts"})
 
 
-class BodyError(ValueError):
-    """The body cannot be checked; the message is safe to return."""
+class TooLarge(Exception):
+    pass
 
 
-def _no_duplicate_model(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    keys = [k for k, _ in pairs]
-    if keys.count("model") > 1:
-        # Parsers disagree on duplicate keys (first wins or last wins): refuse the ambiguity.
-        raise BodyError("The request names 'model' more than once.")
-    return dict(pairs)
+@dataclass
+class RequestBody:
+    body: bytes | AsyncIterator[bytes] | None
+    facts: BodyFacts
+    fields: dict[str, Any] | None = None  # a JSON body's top-level object
 
 
-def json_fields(body: bytes) -> dict[str, Any] | None:
-    """The top-level object of a JSON body, or None when it is not a JSON object."""
-    # A second "model" key needs the literal twice or an escape (\u006d...): only then is
-    # the slower pair-by-pair parse needed, which sees every object of a long chat history.
-    suspicious = body.count(b'"model"') > 1 or b"\\u" in body
-    try:
-        data = (
-            json.loads(body, object_pairs_hook=_no_duplicate_model)
-            if suspicious
-            else json.loads(body)
+async def read_all(receive: Receive, limit: int) -> bytes:
+    chunks: list[bytes] = []
+    size = 0
+    more = True
+    while more:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ConnectionResetError
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise TooLarge
+        chunks.append(chunk)
+        more = message.get("more_body", False)
+    return b"".join(chunks)
+
+
+async def stream_body(receive: Receive) -> AsyncIterator[bytes]:
+    more = True
+    while more:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ConnectionResetError
+        yield message.get("body", b"")
+        more = message.get("more_body", False)
+
+
+def _declared(headers: dict[bytes, bytes]) -> int | None:
+    value = headers.get(b"content-length")
+    return int(value) if value is not None and value.isdigit() else None
+
+
+async def read_request(
+    method: str,
+    template: str,
+    headers: list[tuple[bytes, bytes]],
+    lookup: dict[bytes, bytes],
+    receive: Receive,
+) -> RequestBody:
+    """The body of a request to a listed route, with its facts; FramingError (400) for a body
+    that could be read two ways, TooLarge (413) past the limits."""
+    content_type = framing.one_content_type(headers)
+    declared = _declared(lookup)
+    has_body = declared != 0 and (declared is not None or b"transfer-encoding" in lookup)
+    if method in BODYLESS:
+        if has_body and await read_all(receive, JSON_LIMIT):
+            raise FramingError(f"{method} requests take no body.")
+        return RequestBody(None, BodyFacts())
+    if not has_body:
+        if content_type is not None:
+            framing.body_type(content_type)
+        return RequestBody(b"", BodyFacts(content_type=content_type))
+    kind = framing.body_type(content_type)
+    if kind.essence == framing.JSON:
+        if declared is not None and declared > JSON_LIMIT:
+            raise TooLarge
+        body = await read_all(receive, JSON_LIMIT)
+        if not body:
+            return RequestBody(body, BodyFacts(content_type=content_type))
+        fields = framing.strict_json(body)
+        model = fields.get("model")
+        if "model" in fields and not isinstance(model, str):
+            raise FramingError("'model' must be a string.")
+        store = fields.get("store")
+        facts = BodyFacts(
+            content_type=content_type,
+            model=model,
+            stream=fields.get("stream") is True,
+            store=store if isinstance(store, bool) else None,
         )
-    except BodyError:
-        raise
-    except (ValueError, UnicodeDecodeError):
-        return None
-    return data if isinstance(data, dict) else None
-
-
-def multipart_values(body: bytes, content_type: bytes, name: str) -> list[str]:
-    """Every value of the form field ``name`` in a multipart/form-data body."""
-    _, params = parse_options_header(content_type)
-    boundary = params.get(b"boundary")
-    if not boundary:
-        raise BodyError("multipart body without a boundary")
-    values: list[str] = []
-    state: dict[str, Any] = {"field": b"", "value": b"", "headers": {}, "data": []}
-
-    def on_header_field(data: bytes, start: int, end: int) -> None:
-        state["field"] += data[start:end]
-
-    def on_header_value(data: bytes, start: int, end: int) -> None:
-        state["value"] += data[start:end]
-
-    def on_header_end() -> None:
-        state["headers"][state["field"].lower()] = state["value"]
-        state["field"], state["value"] = b"", b""
-
-    def on_part_begin() -> None:
-        state["headers"], state["data"] = {}, []
-
-    def on_part_data(data: bytes, start: int, end: int) -> None:
-        state["data"].append(data[start:end])
-
-    def on_part_end() -> None:
-        _, disposition = parse_options_header(state["headers"].get(b"content-disposition"))
-        if disposition.get(b"name") == name.encode():
-            values.append(b"".join(state["data"]).decode("utf-8", "replace"))
-
-    parser = MultipartParser(
-        boundary,
-        {
-            "on_header_field": on_header_field,
-            "on_header_value": on_header_value,
-            "on_header_end": on_header_end,
-            "on_part_begin": on_part_begin,
-            "on_part_data": on_part_data,
-            "on_part_end": on_part_end,
-        },
+        return RequestBody(body, facts, fields)
+    if template in STREAMED_MULTIPART:
+        return RequestBody(stream_body(receive), BodyFacts(content_type=content_type))
+    if declared is not None and declared > MULTIPART_LIMIT:
+        raise TooLarge
+    body = await read_all(receive, MULTIPART_LIMIT)
+    parts = framing.multipart_parts(body, kind)
+    facts = BodyFacts(
+        content_type=content_type,
+        model=framing.multipart_model(parts),
+        stream=any(p.name == "stream" and p.data == b"true" for p in parts),
     )
-    try:
-        parser.write(body)
-        parser.finalize()
-    except Exception as exc:  # python-multipart raises several error types
-        raise BodyError("The multipart body could not be read.") from exc
-    return values
+    return RequestBody(body, facts)
 
 
 def add_include_usage(body: bytes, fields: dict[str, Any]) -> bytes | None:

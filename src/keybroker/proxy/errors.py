@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 from starlette.types import Send
 
@@ -49,3 +50,18 @@ ENDED = (
     "invalid_request_error",
     "invalid_api_key",
 )
+
+
+# Key-shaped text: "sk-" and what follows in a key or its masked echo (OpenAI answers a wrong
+# key with "sk-proj-********wxyz" or "sk-proj-…wxyz"; some compatible servers echo it whole).
+_KEY_SHAPED = re.compile(rb"sk-(?:[A-Za-z0-9_\-*.]|\xe2\x80\xa6|\\u2026)*")
+HIDDEN = b"[a key, hidden by keybroker]"
+ERROR_BODY_LIMIT = 1024 * 1024
+
+
+def scrub(body: bytes, key: str) -> bytes:
+    """An upstream error body with the key, and anything shaped like a key, replaced."""
+    raw = key.encode("utf-8", "replace")
+    if raw and raw in body:
+        body = body.replace(raw, HIDDEN)
+    return _KEY_SHAPED.sub(HIDDEN, body)

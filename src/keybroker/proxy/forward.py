@@ -25,12 +25,14 @@ from keybroker.crypto.vault import SealedRecordError
 from keybroker.grants import GrantView
 from keybroker.models import utcnow
 from keybroker.oauth.clients import web_origin
-from keybroker.proxy import errors
-from keybroker.proxy.bodies import BodyError, add_include_usage, json_fields, multipart_values
+from keybroker.proxy import errors, policy, scopes
+from keybroker.proxy.bodies import TooLarge, add_include_usage, read_request
 from keybroker.proxy.cache import GrantCache
+from keybroker.proxy.framing import FramingError
 from keybroker.proxy.http1 import UpstreamResponse
 from keybroker.proxy.limits import Limits, LimitsUnavailable
-from keybroker.proxy.paths import UnsafePathError, api_path, scope_for
+from keybroker.proxy.paths import UnsafePathError, api_path
+from keybroker.proxy.policy import Decision, Refused
 from keybroker.proxy.stats import ProxyMetrics
 from keybroker.proxy.upstream import Upstream, response_headers, upstream_request_headers
 from keybroker.proxy.usage import (
@@ -44,17 +46,10 @@ from keybroker.proxy.usage import (
 )
 
 logger = logging.getLogger("keybroker.proxy")
-JSON_LIMIT = 32 * 1024 * 1024
-MULTIPART_LIMIT = 128 * 1024 * 1024
 USAGE_SCAN_LIMIT = 8 * 1024 * 1024
 # Bodies up to this size with a declared length are relayed without a disconnect watcher: a
 # watcher task costs more CPU than such a request's whole relay (docs/benchmarks.md).
 WATCH_ABOVE = 1024 * 1024
-BODYLESS = frozenset({"GET", "HEAD", "DELETE", "OPTIONS"})
-
-
-class TooLarge(Exception):
-    pass
 
 
 @dataclass
@@ -62,33 +57,7 @@ class Prepared:
     body: bytes | AsyncIterator[bytes] | None
     model: str
     strip_usage_chunk: bool
-
-
-async def read_all(receive: Receive, limit: int) -> bytes:
-    chunks: list[bytes] = []
-    size = 0
-    more = True
-    while more:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            raise ConnectionResetError
-        chunk = message.get("body", b"")
-        size += len(chunk)
-        if size > limit:
-            raise TooLarge
-        chunks.append(chunk)
-        more = message.get("more_body", False)
-    return b"".join(chunks)
-
-
-async def stream_body(receive: Receive) -> AsyncIterator[bytes]:
-    more = True
-    while more:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            raise ConnectionResetError
-        yield message.get("body", b"")
-        more = message.get("more_body", False)
+    decision: Decision
 
 
 class ProxyApp:
@@ -138,10 +107,14 @@ class ProxyApp:
             return
         try:
             rest = api_path(scope.get("raw_path") or scope["path"].encode())
+            found_route = policy.route(method, rest)
         except UnsafePathError:
             await errors.send_error(
                 send, 404, "Unknown request URL.", "invalid_request_error", "unknown_url"
             )
+            return
+        except Refused as refused:  # no scope lists this pair: the upstream never sees it
+            await send_refusal(send, refused, [])
             return
         found = await self.authenticate(lookup.get(b"authorization", b""))
         if found is None:
@@ -158,17 +131,10 @@ class ProxyApp:
         if not grant.live:
             await errors.send_error(send, *errors.ENDED, headers=cors)
             return
-        family = scope_for(rest)
-        if family is None or family not in grant.scopes:
-            what = f"the '{family}' scope" if family else "any scope keybroker grants"
-            await errors.send_error(
-                send,
-                403,
-                f"This key may not use /v1{rest}: it needs {what}, which the owner did not grant.",
-                "invalid_request_error",
-                "scope_not_granted",
-                headers=cors,
-            )
+        try:
+            policy.check_scope(grant, found_route)
+        except Refused as refused:
+            await send_refusal(send, refused, cors)
             return
         try:
             decision = await self.limits.hit(grant.id, grant.rpm)
@@ -207,7 +173,7 @@ class ProxyApp:
             )
             return
         try:
-            prepared = await self._prepare(method, lookup, receive, grant)
+            prepared = await self._prepare(method, headers, lookup, receive, grant, found_route)
         except TooLarge:
             await errors.send_error(
                 send,
@@ -218,22 +184,13 @@ class ProxyApp:
                 headers=cors,
             )
             return
-        except BodyError as exc:
+        except FramingError as exc:
             await errors.send_error(
                 send, 400, str(exc), "invalid_request_error", "invalid_body", headers=cors
             )
             return
-        except ModelNotAllowed as exc:
-            await errors.send_error(
-                send,
-                403,
-                f"This key may not use the model {exc.model!r}; the owner allowed: "
-                f"{', '.join(grant.models)}.",
-                "invalid_request_error",
-                "model_not_allowed",
-                param="model",
-                headers=cors,
-            )
+        except Refused as refused:
+            await send_refusal(send, refused, cors)
             return
         except ConnectionResetError:
             return
@@ -256,6 +213,7 @@ class ProxyApp:
             method,
             target,
             upstream_request_headers(headers, key),
+            key,
             prepared,
             receive,
             send,
@@ -285,46 +243,32 @@ class ProxyApp:
         await send({"type": "http.response.body", "body": b""})
 
     async def _prepare(
-        self, method: str, lookup: dict[bytes, bytes], receive: Receive, grant: GrantView
+        self,
+        method: str,
+        headers: list[tuple[bytes, bytes]],
+        lookup: dict[bytes, bytes],
+        receive: Receive,
+        grant: GrantView,
+        found: scopes.Match,
     ) -> Prepared:
-        content_type = lookup.get(b"content-type", b"").lower()
-        if (
-            method in BODYLESS
-            and b"content-length" not in lookup
-            and b"transfer-encoding" not in lookup
-        ):
-            return Prepared(None, "", False)
-        declared = lookup.get(b"content-length")
-        if content_type.startswith(b"application/json"):
-            if declared is not None and declared.isdigit() and int(declared) > JSON_LIMIT:
-                raise TooLarge
-            body = await read_all(receive, JSON_LIMIT)
-            fields = json_fields(body)
-            if fields is None:
-                return Prepared(body, "", False)  # the upstream explains what is wrong
-            model = fields.get("model")
-            model = model if isinstance(model, str) else ""
-            check_model(grant, [model] if "model" in fields else [])
-            strip = False
-            if fields.get("stream") is True and "messages" in fields:
-                changed = add_include_usage(body, fields)
-                if changed is not None:
-                    body, strip = changed, True
-            return Prepared(body, model, strip)
-        if content_type.startswith(b"multipart/form-data") and grant.models:
-            if declared is not None and declared.isdigit() and int(declared) > MULTIPART_LIMIT:
-                raise TooLarge
-            body = await read_all(receive, MULTIPART_LIMIT)
-            models = multipart_values(body, content_type, "model")
-            check_model(grant, models)
-            return Prepared(body, models[0] if models else "", False)
-        return Prepared(stream_body(receive), "", False)
+        read = await read_request(method, found.route.template, headers, lookup, receive)
+        decision = policy.decide(grant, found, read.facts)
+        body = read.body
+        strip = False
+        fields = read.fields
+        streamed_chat = fields is not None and fields.get("stream") is True and "messages" in fields
+        if isinstance(body, bytes) and fields is not None and streamed_chat:
+            changed = add_include_usage(body, fields)
+            if changed is not None:
+                body, strip = changed, True
+        return Prepared(body, decision.model or "", strip, decision)
 
     async def _forward(
         self,
         method: str,
         target: bytes,
         up_headers: list[tuple[bytes, bytes]],
+        key: str,
         prepared: Prepared,
         receive: Receive,
         send: Send,
@@ -381,6 +325,9 @@ class ProxyApp:
             streamed = content_type.startswith("text/event-stream")
             length = response.content_length
             headers = [*response_headers(response), *cors]
+            if status >= 400:
+                await self._relay_error(response, send, status, headers, key)
+                return
             if not streamed and length is not None and status not in (204, 304):
                 # Relayed unchanged, so the upstream's length holds: the app's client knows
                 # where the answer ends without chunked framing (RFC 9112 §6.3).
@@ -429,6 +376,38 @@ class ProxyApp:
                     at=utcnow(),
                 )
             )
+
+    async def _relay_error(
+        self,
+        response: UpstreamResponse,
+        send: Send,
+        status: int,
+        headers: list[tuple[bytes, bytes]],
+        key: str,
+    ) -> None:
+        """An upstream error, read whole and sent with key-shaped text replaced: an upstream
+        that echoes the key it was given (whole, or masked to its ends) must not hand it to
+        the app."""
+        kept: list[bytes] = []
+        size = 0
+        async for chunk in response.iter_chunks():
+            size += len(chunk)
+            if size > errors.ERROR_BODY_LIMIT:
+                response.close()
+                body = errors.error_body(
+                    f"The OpenAI API answered {status} with a body too large to check.",
+                    "upstream_error",
+                    "upstream_error",
+                )
+                headers = [(n, v) for n, v in headers if n != b"content-type"]
+                headers.append((b"content-type", b"application/json"))
+                break
+            kept.append(chunk)
+        else:
+            body = errors.scrub(b"".join(kept), key)
+        headers = [*headers, (b"content-length", b"%d" % len(body))]
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
 
     async def _relay_body(
         self, response: UpstreamResponse, send: Send, seen: Seen, scan: bool
@@ -499,18 +478,16 @@ class EventSplitter:
         return b"".join(out)
 
 
-class ModelNotAllowed(Exception):
-    def __init__(self, model: str) -> None:
-        super().__init__(model)
-        self.model = model
-
-
-def check_model(grant: GrantView, models: list[str]) -> None:
-    if not grant.models:
-        return
-    for model in models:
-        if model not in grant.models:
-            raise ModelNotAllowed(model)
+async def send_refusal(send: Send, refused: Refused, cors: list[tuple[bytes, bytes]]) -> None:
+    await errors.send_error(
+        send,
+        refused.status,
+        refused.message,
+        refused.kind,
+        refused.code,
+        headers=cors,
+        param=refused.param,
+    )
 
 
 async def _watch_disconnect(receive: Receive, response: UpstreamResponse) -> None:

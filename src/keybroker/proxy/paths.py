@@ -1,27 +1,10 @@
-"""Which scope an OpenAI API path needs, and which paths may be forwarded at all."""
+"""Which paths may be forwarded at all: plain paths under /v1 (the scopes say which of them
+a grant may use, proxy.scopes)."""
 
 from __future__ import annotations
 
 import re
 
-# First path segment under /v1 -> the scope (API family) that covers it.
-FAMILIES = {
-    "chat": "chat",
-    "responses": "chat",
-    "completions": "chat",
-    "conversations": "chat",
-    "assistants": "chat",
-    "threads": "chat",
-    "embeddings": "embeddings",
-    "images": "images",
-    "audio": "audio",
-    "files": "files",
-    "uploads": "files",
-    "vector_stores": "files",
-    "batches": "files",
-    "moderations": "moderations",
-    "models": "models",
-}
 SAFE_PATH = re.compile(r"^(/[A-Za-z0-9_\-.~:]+)+/?$")
 
 
@@ -47,7 +30,3 @@ def api_path(raw_path: bytes) -> str:
     if any(segment in (".", "..") for segment in rest.split("/")):
         raise UnsafePathError("dot segment")
     return rest
-
-
-def scope_for(rest: str) -> str | None:
-    return FAMILIES.get(rest.split("/", 2)[1])

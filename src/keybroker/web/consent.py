@@ -26,6 +26,7 @@ from keybroker.grants import ChoiceError
 from keybroker.oauth.approval import Consent
 from keybroker.oauth.clients import SCOPES, Client
 from keybroker.oauth.server import HTTPInput, OAuthResult, with_params
+from keybroker.proxy.scopes import BY_NAME
 from keybroker.web.confirm import (
     CONFIRMATION_ERRORS,
     confirmation_problem,
@@ -154,7 +155,8 @@ async def consent_steps(
         **common,
         stored=stored,
         query=query,
-        scopes=[(s, SCOPES[s]) for s in scopes],
+        # Batches and fine-tuning are off until the owner ticks them (proxy/scopes.py).
+        scopes=[(s, SCOPES[s], BY_NAME[s].on_by_default) for s in scopes],
         models=hints.get("models", ""),
         budget=_hint(hints.get("budget"), 5, 0, 10_000),
         rpm=int(_hint(hints.get("rpm"), 60, 1, 10_000)),
