@@ -14,6 +14,7 @@ from tests.conftest import fresh_postgres
 TABLES = {
     "users",
     "key_slots",
+    "owned_objects",
     "passkeys",
     "sessions",
     "challenges",

@@ -366,24 +366,24 @@ def build_routes(objects: Objects) -> list[tuple[str, re.Pattern[str], Handler]]
         files.extend(o.children[batch["id"]])
         return JSONResponse(batch)
 
-    @route("GET", "/vector_stores/{vector_store_id}/file_batches/{batch_id}")
+    @route("GET", "/vector_stores/{vector_store_id}/file_batches/{file_batch_id}")
     async def get_fb(request: Request, o: Objects, p: dict[str, str], b: bytes) -> Response:
-        batch = get_or_404("vector_store.file_batch", p["batch_id"])
+        batch = get_or_404("vector_store.file_batch", p["file_batch_id"])
         return JSONResponse(batch) if batch else not_found("file batch")
 
-    @route("POST", "/vector_stores/{vector_store_id}/file_batches/{batch_id}/cancel")
+    @route("POST", "/vector_stores/{vector_store_id}/file_batches/{file_batch_id}/cancel")
     async def cancel_fb(request: Request, o: Objects, p: dict[str, str], b: bytes) -> Response:
-        batch = get_or_404("vector_store.file_batch", p["batch_id"])
+        batch = get_or_404("vector_store.file_batch", p["file_batch_id"])
         if batch is None:
             return not_found("file batch")
         batch["status"] = "cancelled"
         return JSONResponse(batch)
 
-    @route("GET", "/vector_stores/{vector_store_id}/file_batches/{batch_id}/files")
+    @route("GET", "/vector_stores/{vector_store_id}/file_batches/{file_batch_id}/files")
     async def fb_files(request: Request, o: Objects, p: dict[str, str], b: bytes) -> Response:
-        if get_or_404("vector_store.file_batch", p["batch_id"]) is None:
+        if get_or_404("vector_store.file_batch", p["file_batch_id"]) is None:
             return not_found("file batch")
-        return page(o.children[p["batch_id"]], request)
+        return page(o.children[p["file_batch_id"]], request)
 
     # Batches and fine-tuning jobs.
     @route("POST", "/batches")

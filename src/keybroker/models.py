@@ -204,6 +204,19 @@ class UsageRecord(SQLModel, table=True):
     interrupted: bool = False
 
 
+class OwnedObject(SQLModel, table=True):
+    """An OpenAI object a grant made through the proxy (proxy/ownership.py): only that grant
+    may name it, list it or delete it."""
+
+    __tablename__ = "owned_objects"
+    grant_id: str = Field(
+        sa_column=Column(String(32), ForeignKey("grants.id", ondelete="CASCADE"), primary_key=True)
+    )
+    object_id: str = Field(primary_key=True, max_length=200)
+    kind: str = Field(max_length=40)
+    created_at: datetime = Field(default_factory=utcnow)
+
+
 class KeySlot(SQLModel, table=True):
     """The vault's content key wrapped by a key derived from one passkey's PRF output."""
 

@@ -9,7 +9,7 @@ from typing import Any
 
 from starlette.types import Receive
 
-from keybroker.proxy import framing
+from keybroker.proxy import framing, ownership
 from keybroker.proxy.framing import FramingError
 from keybroker.proxy.policy import BodyFacts
 
@@ -101,6 +101,7 @@ async def read_request(
             model=model,
             stream=fields.get("stream") is True,
             store=store if isinstance(store, bool) else None,
+            references=ownership.body_references(body, fields),
         )
         return RequestBody(body, facts, fields)
     if template in STREAMED_MULTIPART:

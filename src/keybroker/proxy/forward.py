@@ -10,6 +10,7 @@ Answers stream back as they arrive; server-sent events are relayed event by even
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -25,7 +26,7 @@ from keybroker.crypto.vault import SealedRecordError
 from keybroker.grants import GrantView
 from keybroker.models import utcnow
 from keybroker.oauth.clients import web_origin
-from keybroker.proxy import errors, policy, scopes
+from keybroker.proxy import batch_input, errors, listing, ownership, policy, scopes
 from keybroker.proxy.bodies import TooLarge, add_include_usage, read_request
 from keybroker.proxy.cache import GrantCache
 from keybroker.proxy.framing import FramingError
@@ -58,6 +59,7 @@ class Prepared:
     model: str
     strip_usage_chunk: bool
     decision: Decision
+    fields: dict[str, object] | None = None  # a JSON body's top-level object
 
 
 class ProxyApp:
@@ -74,6 +76,7 @@ class ProxyApp:
         self.recorder = recorder
         self.upstream = upstream
         self.metrics = ProxyMetrics()
+        self.ownership = ownership.Ownership(grants.engine)
 
     async def authenticate(self, authorization: bytes) -> tuple[tokens.AppToken, GrantView] | None:
         if not authorization.startswith(b"Bearer "):
@@ -194,6 +197,14 @@ class ProxyApp:
             return
         except ConnectionResetError:
             return
+        query = scope.get("query_string", b"")
+        named = ownership.named(prepared.decision, query)
+        if named:
+            # Another grant's object, or the owner's own, is "no such object" (issue #22).
+            missing = await run_in_threadpool(self.ownership.missing, grant.id, named)
+            if missing:
+                await send_refusal(send, ownership.not_found(missing[0]), cors)
+                return
         try:
             key = self.grants.open_key(grant, token)
         except (SealedRecordError, UnknownKidError) as exc:
@@ -207,12 +218,23 @@ class ProxyApp:
                 headers=cors,
             )
             return
-        query = scope.get("query_string", b"")
         target = rest.encode() + (b"?" + query if query else b"")
+        route = prepared.decision.route
+        up_headers = upstream_request_headers(headers, key)
+        if (route.method, route.template) == ("POST", "/batches"):
+            try:
+                await self._check_batch_input(prepared, grant, up_headers)
+            except Refused as refused:
+                await send_refusal(send, refused, cors)
+                return
+        listed = ownership.LISTS.get((route.method, route.template))
+        if listed is not None:
+            await self._relay_owned_list(rest, query, listed, up_headers, key, send, cors, grant)
+            return
         await self._forward(
             method,
             target,
-            upstream_request_headers(headers, key),
+            up_headers,
             key,
             prepared,
             receive,
@@ -223,6 +245,55 @@ class ProxyApp:
             rest,
             started,
         )
+
+    async def _check_batch_input(
+        self, prepared: Prepared, grant: GrantView, up_headers: list[tuple[bytes, bytes]]
+    ) -> None:
+        """Every line of the batch's input file (its own file: checked above) may run under
+        this grant, or the batch is refused before it is created (proxy/batch_input.py)."""
+        assert self.upstream.pool is not None
+        fields = prepared.fields or {}
+        file_id = fields.get("input_file_id")
+        if not isinstance(file_id, str):
+            return  # the upstream refuses a batch without one
+        unreadable = Refused(
+            400,
+            "keybroker could not read the batch input file to check it.",
+            "invalid_request_error",
+            "invalid_batch_input",
+            param="input_file_id",
+        )
+        headers = [(n, v) for n, v in up_headers if n != b"content-type"]
+        try:
+            response = await self.upstream.pool.request(
+                "GET", f"/files/{file_id}/content".encode(), headers, None
+            )
+        except (OSError, ValueError):
+            raise unreadable from None
+        try:
+            kept: list[bytes] = []
+            size = 0
+            async for chunk in response.iter_chunks():
+                size += len(chunk)
+                if size > batch_input.FILE_LIMIT:
+                    raise unreadable
+                kept.append(chunk)
+        except OSError:
+            raise unreadable from None
+        finally:
+            if response.at_eof:
+                response.release()
+            else:
+                response.close()
+        if response.status != 200:
+            raise unreadable
+        checked = batch_input.check(grant, fields.get("endpoint"), b"".join(kept))
+        if checked.references:
+            missing = await run_in_threadpool(
+                self.ownership.missing, grant.id, list(checked.references)
+            )
+            if missing:
+                raise ownership.not_found(missing[0])
 
     async def _preflight(self, send: Send, origin: str | None, lookup: dict[bytes, bytes]) -> None:
         # The grant is unknown before the real request (no Authorization on a preflight);
@@ -261,7 +332,7 @@ class ProxyApp:
             changed = add_include_usage(body, fields)
             if changed is not None:
                 body, strip = changed, True
-        return Prepared(body, decision.model or "", strip, decision)
+        return Prepared(body, decision.model or "", strip, decision, fields)
 
     async def _forward(
         self,
@@ -328,6 +399,11 @@ class ProxyApp:
             if status >= 400:
                 await self._relay_error(response, send, status, headers, key)
                 return
+            decision = prepared.decision
+            recording = ownership.recorder_for(decision) if 200 <= status < 300 else None
+            if recording is not None and not streamed:
+                await self._relay_recorded(response, send, status, headers, seen, grant, decision)
+                return
             if not streamed and length is not None and status not in (204, 304):
                 # Relayed unchanged, so the upstream's length holds: the app's client knows
                 # where the answer ends without chunked framing (RFC 9112 §6.3).
@@ -340,11 +416,21 @@ class ProxyApp:
                 # the watcher's first step runs after that send, not before it.
                 watcher = asyncio.create_task(_watch_disconnect(receive, response))
             if streamed:
-                events = EventSplitter(seen, prepared.strip_usage_chunk)
-                await self._relay_events(response, send, extension.offered(scope, send), events)
+                events = EventSplitter(
+                    seen, prepared.strip_usage_chunk, decision if recording else None
+                )
+                # Ids a stream makes are recorded before the event naming them is relayed, so
+                # the relay stays in this task (no send_now) when there is one to record.
+                offered = None if recording else extension.offered(scope, send)
+                await self._relay_events(response, send, offered, events, grant.id)
             else:
                 await self._relay_body(response, send, seen, scan="json" in content_type)
             await send({"type": "http.response.body", "body": b""})
+            forgets = ownership.DELETES.get((decision.route.method, decision.route.template))
+            if forgets is not None and 200 <= status < 300:
+                await run_in_threadpool(
+                    self.ownership.forget, grant.id, dict(decision.params)[forgets]
+                )
             interrupted = watcher is not None and watcher.done()
         except (OSError, asyncio.CancelledError) as exc:  # TimeoutError is an OSError
             interrupted = True
@@ -409,6 +495,111 @@ class ProxyApp:
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body})
 
+    async def _relay_recorded(
+        self,
+        response: UpstreamResponse,
+        send: Send,
+        status: int,
+        headers: list[tuple[bytes, bytes]],
+        seen: Seen,
+        grant: GrantView,
+        decision: Decision,
+    ) -> None:
+        """An answer that gives the grant objects: read whole, its ids recorded, then sent,
+        so that the app can use an id as soon as it has it."""
+        kept: list[bytes] = []
+        size = 0
+        async for chunk in response.iter_chunks():
+            size += len(chunk)
+            kept.append(chunk)
+            if size > USAGE_SCAN_LIMIT:
+                break  # too large to hold: relayed as it comes, and nothing recorded
+        body = b"".join(kept)
+        if size <= USAGE_SCAN_LIMIT:
+            try:
+                answer = json.loads(body)
+            except ValueError:
+                answer = None
+            made = ownership.created(decision, answer)
+            if made:
+                await run_in_threadpool(self.ownership.record, grant.id, made)
+            json_usage(body, seen)
+            headers = [*headers, (b"content-length", b"%d" % len(body))]
+            await send({"type": "http.response.start", "status": status, "headers": headers})
+            await send({"type": "http.response.body", "body": body})
+            return
+        logger.warning("grant %s: an answer of %d+ bytes was not recorded", grant.id, size)
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": body, "more_body": True})
+        await self._relay_body(response, send, seen, scan=False)
+        await send({"type": "http.response.body", "body": b""})
+
+    async def _relay_owned_list(
+        self,
+        rest: str,
+        query: bytes,
+        kind: str,
+        up_headers: list[tuple[bytes, bytes]],
+        key: str,
+        send: Send,
+        cors: list[tuple[bytes, bytes]],
+        grant: GrantView,
+    ) -> None:
+        """A list filtered to the grant's own objects (proxy/listing.py)."""
+        assert self.upstream.pool is not None
+        pool = self.upstream.pool
+
+        async def fetch(target: bytes) -> listing.Fetched:
+            response = await pool.request("GET", target, up_headers, None)
+            try:
+                body = b"".join([chunk async for chunk in response.iter_chunks()])
+            except BaseException:
+                response.close()
+                raise
+            response.release()
+            request_id = dict(response.raw_headers).get(b"x-request-id")
+            return listing.Fetched(response.status, body, request_id)
+
+        async def owned_among(ids: list[str]) -> set[str]:
+            return await run_in_threadpool(self.ownership.owned_among, grant.id, kind, ids)
+
+        try:
+            if not await run_in_threadpool(self.ownership.has_any, grant.id, kind):
+                answer: dict[str, object] = {"object": "list", "data": [], "first_id": None}
+                answer.update(last_id=None, has_more=False)
+                request_id = None
+            else:
+                answer, request_id = await listing.owned_list(rest, query, kind, fetch, owned_among)
+        except listing.ListError as failed:
+            body = errors.scrub(failed.fetched.body, key)
+            out = [(b"content-type", b"application/json"), *cors]
+            out.append((b"content-length", b"%d" % len(body)))
+            status = failed.fetched.status
+            await send({"type": "http.response.start", "status": status, "headers": out})
+            await send({"type": "http.response.body", "body": body})
+            return
+        except (OSError, ValueError):
+            await errors.send_error(
+                send,
+                502,
+                "The OpenAI API could not be reached or answered a list this proxy cannot read.",
+                "upstream_error",
+                "upstream_unreachable",
+                headers=cors,
+            )
+            return
+        items = answer["data"]
+        assert isinstance(items, list)
+        children = [c for item in items for c in ownership.children_of(kind, item)]
+        if children:
+            await run_in_threadpool(self.ownership.record, grant.id, children)
+        body = json.dumps(answer).encode()
+        out = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))]
+        if request_id is not None:
+            out.append((b"x-request-id", request_id))
+        await send({"type": "http.response.start", "status": 200, "headers": [*out, *cors]})
+        await send({"type": "http.response.body", "body": body})
+
     async def _relay_body(
         self, response: UpstreamResponse, send: Send, seen: Seen, scan: bool
     ) -> None:
@@ -428,6 +619,7 @@ class ProxyApp:
         send: Send,
         send_now: extension.SendNow | None,
         events: EventSplitter,
+        grant_id: str,
     ) -> None:
         if send_now is not None:
 
@@ -443,6 +635,9 @@ class ProxyApp:
         try:
             async for chunk in response.iter_chunks():
                 out = events.take(chunk)
+                if events.made:
+                    made, events.made = events.made, []
+                    await run_in_threadpool(self.ownership.record, grant_id, made)
                 if out:
                     await send({"type": "http.response.body", "body": out, "more_body": True})
         finally:
@@ -454,10 +649,14 @@ class ProxyApp:
 class EventSplitter:
     """Whole server-sent events out of the upstream's chunks, with their usage noted."""
 
-    def __init__(self, seen: Seen, strip_usage_chunk: bool) -> None:
+    def __init__(
+        self, seen: Seen, strip_usage_chunk: bool, recording: Decision | None = None
+    ) -> None:
         self.seen = seen
         self.strip_usage_chunk = strip_usage_chunk
         self.pending = b""
+        self.recording = recording  # the request whose first event names what it made
+        self.made: list[ownership.Named] = []
 
     def take(self, chunk: bytes) -> bytes:
         """The events this chunk completes (b"" if none); a partial event is kept."""
@@ -472,6 +671,10 @@ class EventSplitter:
         ready, self.pending = pending[: cut + 2], pending[cut + 2 :]
         out = []
         for event in ready.split(b"\n\n")[:-1]:
+            if self.recording is not None:
+                self.made = ownership.event_created(self.recording, event)
+                if self.made:
+                    self.recording = None  # the first event that names it is enough
             if event_usage(event, self.seen) and self.strip_usage_chunk:
                 continue  # the app did not ask for the usage chunk; we did
             out.append(event + b"\n\n")

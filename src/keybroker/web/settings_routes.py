@@ -11,12 +11,13 @@ from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import Route
 
 from keybroker import grants as grant_store
-from keybroker import provider_keys, reports
+from keybroker import object_cleanup, provider_keys, reports
 from keybroker.auth import accounts
 from keybroker.auth.sessions import SignedIn
 from keybroker.context import Context, get_context
 from keybroker.grants import ChoiceError, GrantNotFoundError
-from keybroker.provider_keys import PrfProof
+from keybroker.provider_keys import PrfProof, VaultLockedError
+from keybroker.proxy.ownership import counts_of
 from keybroker.web.confirm import (
     CONFIRMATION_ERRORS,
     confirmation_problem,
@@ -46,6 +47,7 @@ async def settings_page(request: Request) -> Response:
     activity, more = await run_in_threadpool(reports.activity_page, ctx.engine, user_id, 0)
     slots = await run_in_threadpool(provider_keys.slotted_passkeys, ctx.engine, user_id)
     charts = {g.id: reports.spend_chart(days.get(g.id, [])) for g in all_grants if g.live}
+    objects = await run_in_threadpool(counts_of, ctx.engine, user_id)
     return render(
         request,
         "settings.html",
@@ -55,6 +57,7 @@ async def settings_page(request: Request) -> Response:
         totals=totals,
         empty=reports.Totals(),
         charts=charts,
+        objects=objects,
         passkeys=keys,
         stored_key=stored,
         activity=activity,
@@ -100,6 +103,43 @@ async def revoke(request: Request, ctx: Context, signed_in: SignedIn, form: dict
     )
     await run_in_threadpool(grant_store.revoke, ctx.engine, grant.id)
     return f"Access for {grant.client_name} is revoked."
+
+
+async def revoke_and_delete(
+    request: Request, ctx: Context, signed_in: SignedIn, form: dict[str, str]
+) -> str:
+    """Revoke, then delete upstream what the app made through keybroker (issue #22)."""
+    grant = await run_in_threadpool(
+        grant_store.owned, ctx.engine, request.path_params["grant_id"], signed_in.user.id
+    )
+    await run_in_threadpool(grant_store.revoke, ctx.engine, grant.id)
+    try:
+        key = await run_in_threadpool(
+            provider_keys.open_key, ctx.engine, ctx.ring, signed_in.user.id
+        )
+    except VaultLockedError:
+        key = None  # strict custody: the vault opens only with a passkey's PRF output
+    if key is None:
+        raise HTTPProblem(
+            409,
+            f"Access for {grant.client_name} is revoked, but its files were not deleted: "
+            "keybroker cannot open your OpenAI key without your passkey here.",
+        )
+    done = await run_in_threadpool(
+        lambda: object_cleanup.delete_objects(
+            ctx.engine,
+            grant.id,
+            key,
+            upstream_url=ctx.settings.upstream_url,
+            timeout=ctx.settings.validation_timeout,
+        )
+    )
+    message = f"Access for {grant.client_name} is revoked; {done.deleted} of its objects deleted."
+    if done.failed:
+        message += f" {done.failed} could not be deleted now; delete them at OpenAI."
+    if done.kept:
+        message += f" {done.kept} (batches, fine-tuning jobs, uploads) OpenAI keeps."
+    return message
 
 
 async def change_limits(
@@ -271,6 +311,11 @@ routes = [
     Route("/settings/activity", activity),
     Route("/settings/grants/{grant_id}/requests", grant_requests),
     Route("/settings/grants/{grant_id}/revoke", form_action(revoke), methods=["POST"]),
+    Route(
+        "/settings/grants/{grant_id}/revoke-and-delete",
+        form_action(revoke_and_delete),
+        methods=["POST"],
+    ),
     Route("/settings/grants/{grant_id}/limits", form_action(change_limits), methods=["POST"]),
     Route("/settings/passkeys/{passkey_id}/rename", form_action(rename_passkey), methods=["POST"]),
     Route(
