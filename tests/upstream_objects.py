@@ -145,6 +145,29 @@ def build_routes(objects: Objects) -> list[tuple[str, re.Pattern[str], Handler]]
             del o.by_id[p[param]]
             return deleted(p[param], deleted_kind)
 
+    def status_action(kind: str, base: str, param: str, action: str, status: str) -> None:
+        """POST {base}/{param}/{action}: the object with its status changed."""
+
+        async def act(request: Request, o: Objects, p: dict[str, str], b: bytes) -> Response:
+            obj = get_or_404(kind, p[param])
+            if obj is None:
+                return not_found(kind)
+            obj["status"] = status
+            return JSONResponse(obj)
+
+        route("POST", f"{base}/{{{param}}}/{action}")(act)
+
+    status_action("upload", "/uploads", "upload_id", "cancel", "cancelled")
+    status_action(
+        "vector_store.file_batch",
+        "/vector_stores/{vector_store_id}/file_batches",
+        "file_batch_id",
+        "cancel",
+        "cancelled",
+    )
+    status_action("batch", "/batches", "batch_id", "cancel", "cancelling")
+    status_action("response", "/responses", "response_id", "cancel", "cancelled")
+
     # Files and uploads.
     @route("POST", "/files")
     async def create_file(request: Request, o: Objects, p: dict[str, str], b: bytes) -> Response:
@@ -218,14 +241,6 @@ def build_routes(objects: Objects) -> list[tuple[str, re.Pattern[str], Handler]]
         )
         o.content[file["id"]] = data
         upload.update(status="completed", file=file)
-        return JSONResponse(upload)
-
-    @route("POST", "/uploads/{upload_id}/cancel")
-    async def cancel_upload(request: Request, o: Objects, p: dict[str, str], b: bytes) -> Response:
-        upload = get_or_404("upload", p["upload_id"])
-        if upload is None:
-            return not_found("upload")
-        upload["status"] = "cancelled"
         return JSONResponse(upload)
 
     # Vector stores.
@@ -371,14 +386,6 @@ def build_routes(objects: Objects) -> list[tuple[str, re.Pattern[str], Handler]]
         batch = get_or_404("vector_store.file_batch", p["file_batch_id"])
         return JSONResponse(batch) if batch else not_found("file batch")
 
-    @route("POST", "/vector_stores/{vector_store_id}/file_batches/{file_batch_id}/cancel")
-    async def cancel_fb(request: Request, o: Objects, p: dict[str, str], b: bytes) -> Response:
-        batch = get_or_404("vector_store.file_batch", p["file_batch_id"])
-        if batch is None:
-            return not_found("file batch")
-        batch["status"] = "cancelled"
-        return JSONResponse(batch)
-
     @route("GET", "/vector_stores/{vector_store_id}/file_batches/{file_batch_id}/files")
     async def fb_files(request: Request, o: Objects, p: dict[str, str], b: bytes) -> Response:
         if get_or_404("vector_store.file_batch", p["file_batch_id"]) is None:
@@ -412,14 +419,6 @@ def build_routes(objects: Objects) -> list[tuple[str, re.Pattern[str], Handler]]
         batch = get_or_404("batch", p["batch_id"])
         return JSONResponse(batch) if batch else not_found("batch")
 
-    @route("POST", "/batches/{batch_id}/cancel")
-    async def cancel_batch(request: Request, o: Objects, p: dict[str, str], b: bytes) -> Response:
-        batch = get_or_404("batch", p["batch_id"])
-        if batch is None:
-            return not_found("batch")
-        batch["status"] = "cancelling"
-        return JSONResponse(batch)
-
     @route("POST", "/fine_tuning/jobs")
     async def create_job(request: Request, o: Objects, p: dict[str, str], b: bytes) -> Response:
         body = await _json(b)
@@ -451,18 +450,7 @@ def build_routes(objects: Objects) -> list[tuple[str, re.Pattern[str], Handler]]
         return JSONResponse(job) if job else not_found("job")
 
     for action, status in (("cancel", "cancelled"), ("pause", "paused"), ("resume", "running")):
-
-        def job_action(status: str) -> Handler:
-            async def act(request: Request, o: Objects, p: dict[str, str], b: bytes) -> Response:
-                job = get_or_404("fine_tuning.job", p["fine_tuning_job_id"])
-                if job is None:
-                    return not_found("job")
-                job["status"] = status
-                return JSONResponse(job)
-
-            return act
-
-        route("POST", f"/fine_tuning/jobs/{{fine_tuning_job_id}}/{action}")(job_action(status))
+        status_action("fine_tuning.job", "/fine_tuning/jobs", "fine_tuning_job_id", action, status)
 
     for sub in ("events", "checkpoints"):
 
@@ -496,14 +484,6 @@ def build_routes(objects: Objects) -> list[tuple[str, re.Pattern[str], Handler]]
 
     # Responses (their creation is the responses route in tests/upstream.py).
     crud("response", "/responses", "response_id", "response")
-
-    @route("POST", "/responses/{response_id}/cancel")
-    async def cancel_resp(request: Request, o: Objects, p: dict[str, str], b: bytes) -> Response:
-        response = get_or_404("response", p["response_id"])
-        if response is None:
-            return not_found("response")
-        response["status"] = "cancelled"
-        return JSONResponse(response)
 
     @route("GET", "/responses/{response_id}/input_items")
     async def input_items(request: Request, o: Objects, p: dict[str, str], b: bytes) -> Response:
