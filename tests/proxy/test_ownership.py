@@ -268,6 +268,8 @@ def test_named_ids_are_read_from_path_cursor_and_body() -> None:
         "input": [{"content": [{"type": "input_file", "file_id": "file-1"}]}],
         "metadata": {"file_id": "not an id"},
         "previous_response_id": "resp_1",
+        "more": [{"type": "code_interpreter", "container": "cntr_1"}],
+        "auto": [{"type": "code_interpreter", "container": {"type": "auto"}}],
     }
     body = json.dumps(fields).encode()
     assert set(ownership.body_references(body, fields)) == {
@@ -276,6 +278,7 @@ def test_named_ids_are_read_from_path_cursor_and_body() -> None:
         ("vector_store", "vs_2"),
         ("file", "file-1"),
         ("response", "resp_1"),
+        ("container", "cntr_1"),  # no grant owns a container: a named one is refused
     }
     assert ownership.body_references(b'{"model": "m"}', {"model": "m"}) == ()
 
@@ -305,3 +308,18 @@ def test_settings_counts_objects_and_revoke_deletes_them(live: Live) -> None:
     assert owners in live.upstream.objects.by_id  # and so does the owner's own
     with pytest.raises(openai.AuthenticationError):
         sdk.files.list()
+
+
+def test_a_named_container_is_refused(apps: Apps) -> None:
+    apps.refused(
+        lambda: apps.a.responses.create(
+            model="gpt-4o-mini",
+            input="x",
+            tools=[{"type": "code_interpreter", "container": "cntr_someone"}],
+        )
+    )
+    apps.a.responses.create(
+        model="gpt-4o-mini",
+        input="x",
+        tools=[{"type": "code_interpreter", "container": {"type": "auto"}}],
+    )

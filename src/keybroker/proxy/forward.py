@@ -400,6 +400,13 @@ class ProxyApp:
                 await self._relay_error(response, send, status, headers, key)
                 return
             decision = prepared.decision
+            forgets = ownership.DELETES.get((decision.route.method, decision.route.template))
+            if forgets is not None and 200 <= status < 300:
+                # Deleted upstream: forgotten before the app hears so, so that its next
+                # request about the id is refused here, not asked of the upstream.
+                await run_in_threadpool(
+                    self.ownership.forget, grant.id, dict(decision.params)[forgets]
+                )
             recording = ownership.recorder_for(decision) if 200 <= status < 300 else None
             if recording is not None and not streamed:
                 await self._relay_recorded(response, send, status, headers, seen, grant, decision)
@@ -426,11 +433,6 @@ class ProxyApp:
             else:
                 await self._relay_body(response, send, seen, scan="json" in content_type)
             await send({"type": "http.response.body", "body": b""})
-            forgets = ownership.DELETES.get((decision.route.method, decision.route.template))
-            if forgets is not None and 200 <= status < 300:
-                await run_in_threadpool(
-                    self.ownership.forget, grant.id, dict(decision.params)[forgets]
-                )
             interrupted = watcher is not None and watcher.done()
         except (OSError, asyncio.CancelledError) as exc:  # TimeoutError is an OSError
             interrupted = True
