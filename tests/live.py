@@ -63,21 +63,28 @@ def wait_until_up(url: str, process: subprocess.Popen[bytes], log_path: Path) ->
 
 
 def start_broker(
-    tmp: Path, extra_env: dict[str, str] | None = None, port: int | None = None
+    tmp: Path,
+    extra_env: dict[str, str] | None = None,
+    port: int | None = None,
+    *,
+    configured: bool = True,
 ) -> LiveBroker:
+    """``keybroker serve`` on ``port`` in its own directory; with ``configured=False`` it gets
+    no KEYBROKER_* setting at all, as a newcomer's first run (data in ``./.keybroker``)."""
     port = port or free_port()
     url = f"http://localhost:{port}"
     data_dir = tmp / f"broker-{port}"
     data_dir.mkdir(parents=True, exist_ok=True)
     log_path = data_dir / "server.log"
     env = {k: v for k, v in os.environ.items() if not k.startswith("KEYBROKER_")}
-    env.update(
-        {
-            "KEYBROKER_PUBLIC_URL": url,
-            "KEYBROKER_DATA_DIR": str(data_dir),
-            "KEYBROKER_ABUSE_LIMIT_SCALE": "100",
-        }
-    )
+    if configured:
+        env.update(
+            {
+                "KEYBROKER_PUBLIC_URL": url,
+                "KEYBROKER_DATA_DIR": str(data_dir),
+                "KEYBROKER_ABUSE_LIMIT_SCALE": "100",
+            }
+        )
     env.update(extra_env or {})
     log = log_path.open("wb")
     process = subprocess.Popen(

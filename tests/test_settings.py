@@ -93,3 +93,43 @@ def test_production_serve_exits_non_zero_naming_settings(tmp_path: Path) -> None
     assert result.returncode != 0
     assert "KEYBROKER_SECRET_KEY" in result.stderr
     assert "KEYBROKER_MASTER_KEYS" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("host", "url"),
+    [
+        ("127.0.0.1", "http://localhost:9000"),
+        ("0.0.0.0", "http://localhost:9000"),
+        ("::1", "http://localhost:9000"),
+        ("localhost", "http://localhost:9000"),
+        ("broker.lan", "http://broker.lan:9000"),
+        ("fd00::5", "http://[fd00::5]:9000"),
+    ],
+)
+def test_development_public_url_follows_the_listening_address(
+    tmp_path: Path, host: str, url: str
+) -> None:
+    settings = load_settings({"KEYBROKER_DATA_DIR": str(tmp_path)}, env_file=None)
+    served = settings.served_at(host, 9000)
+    assert served.public_url == url
+    assert served.origin == url
+    assert served.rp_id == url.split("//")[1].rsplit(":", 1)[0].strip("[]")
+    assert served.base_url == f"{url}/v1"
+
+
+def test_a_configured_public_url_does_not_follow_the_port(tmp_path: Path) -> None:
+    development = load_settings(
+        {"KEYBROKER_DATA_DIR": str(tmp_path), "KEYBROKER_PUBLIC_URL": "http://localhost:8000"},
+        env_file=None,
+    )
+    assert development.served_at("127.0.0.1", 9000).public_url == "http://localhost:8000"
+    production = load_settings(
+        {
+            "KEYBROKER_ENV": "production",
+            "KEYBROKER_SECRET_KEY": "s" * 40,
+            "KEYBROKER_MASTER_KEYS": GOOD_RING,
+            "KEYBROKER_PUBLIC_URL": "https://broker.example",
+        },
+        env_file=None,
+    )
+    assert production.served_at("0.0.0.0", 9000).public_url == "https://broker.example"

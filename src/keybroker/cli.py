@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import gc
 import logging
+import os
 import sys
 from collections.abc import Callable, Sequence
 
@@ -46,6 +47,12 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
+    served = settings.served_at(args.host, args.port)
+    if served is not settings:
+        # Each worker reads the settings again (app_factory): the environment carries the
+        # public URL that follows --host and --port to them.
+        os.environ["KEYBROKER_PUBLIC_URL"] = served.public_url
+        settings = served
     engine = db.make_engine(settings.database_url)
     if not settings.production:
         db.upgrade(engine)  # once here, not in each worker
@@ -264,10 +271,17 @@ def build_parser() -> argparse.ArgumentParser:
     serve = sub.add_parser(
         "serve",
         help="run the broker",
-        description="Run the broker. In development mode pending database "
-        "migrations are applied first.",
+        description="Run the broker and print its public URL. In development mode pending "
+        "database migrations are applied first, and with no KEYBROKER_PUBLIC_URL the public "
+        "URL is http://localhost:PORT (or the --host given). Production needs "
+        "KEYBROKER_PUBLIC_URL.",
     )
-    serve.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    serve.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="address to listen on. In development with no KEYBROKER_PUBLIC_URL the public "
+        "URL follows --host and --port (127.0.0.1 and 0.0.0.0 become localhost)",
+    )
     serve.add_argument("--port", type=int, default=8000, help="port to listen on")
     serve.add_argument("--workers", type=int, default=1, help="worker processes")
     serve.add_argument(

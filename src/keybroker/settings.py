@@ -12,7 +12,7 @@ import logging
 import os
 import secrets
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -25,6 +25,10 @@ DEFAULT_UPSTREAM_URL = "https://api.openai.com/v1"
 DEFAULT_DATA_DIR = ".keybroker"
 GENERATED_SECRETS_FILE = "generated-secrets.env"
 SECRET_NAMES = ("KEYBROKER_SECRET_KEY", "KEYBROKER_MASTER_KEYS", "KEYBROKER_REDIS_URL")
+# Listening addresses a browser on this machine reaches as localhost. The passkey rpId is the
+# public URL's host and must be a valid domain, never an IP address (W3C WebAuthn §5.1.3
+# step 7), and http://localhost is a secure context (W3C Secure Contexts §3.2).
+LOCAL_HOSTS = frozenset({"127.0.0.1", "::1", "0.0.0.0", "::", "localhost", ""})  # noqa: S104
 
 
 class SettingsError(Exception):
@@ -47,10 +51,19 @@ class Settings:
     pricing_file: Path | None = None
     trusted_proxies: str = ""
     abuse_limit_scale: float = 1.0
+    public_url_set: bool = True  # KEYBROKER_PUBLIC_URL was given (always so in production)
 
     @property
     def production(self) -> bool:
         return self.env == "production"
+
+    def served_at(self, host: str, port: int) -> Settings:
+        """These settings for a broker listening on ``host:port``: in development with no
+        KEYBROKER_PUBLIC_URL the public URL (so the passkey rpId and origin) is that address,
+        a local one named localhost; otherwise it stays as configured."""
+        if self.public_url_set or self.production:
+            return self
+        return replace(self, public_url=listening_url(host, port))
 
     @property
     def rp_id(self) -> str:
@@ -70,6 +83,14 @@ class Settings:
     def base_url(self) -> str:
         """What apps put in ``new OpenAI({baseURL})``: the proxy mount."""
         return self.public_url.rstrip("/") + "/v1"
+
+
+def listening_url(host: str, port: int) -> str:
+    if host in LOCAL_HOSTS:
+        host = "localhost"
+    elif ":" in host:
+        host = f"[{host}]"  # an IPv6 literal (RFC 3986 §3.2.2)
+    return f"http://{host}:{port}"
 
 
 def _new_master_ring() -> str:
@@ -163,6 +184,7 @@ def load_settings(
         pricing_file=Path(p) if (p := get("KEYBROKER_PRICING_FILE")) else None,
         trusted_proxies=get("KEYBROKER_TRUSTED_PROXIES") or "",
         abuse_limit_scale=float(get("KEYBROKER_ABUSE_LIMIT_SCALE") or 1.0),
+        public_url_set=get("KEYBROKER_PUBLIC_URL") is not None,
     )
 
 
