@@ -7,7 +7,7 @@ LOCK := requirements.lock
 UV_VERSION := 0.13.9
 NPM_CI := npm ci --no-audit --no-fund --loglevel=error
 
-.PHONY: run test install lock lock-upgrade sdk bench clean
+.PHONY: run test install lock lock-upgrade sdk demo release-check bench clean
 
 # The pinned set from the lock file (hash-checked), then keybroker and keybroker-client
 # (clients/python) without dependencies; check_lock.py stops here if either pyproject.toml
@@ -42,18 +42,28 @@ lock:
 lock-upgrade:
 	$(MAKE) lock UV_FLAGS=--upgrade
 
-## sdk: build the JS SDK (static/sdk) and the demo app's bundle
-sdk: js-sdk/node_modules/.package-lock.json examples/demo-app/node_modules/.package-lock.json
+## sdk: rebuild the JS SDK into static/sdk from js-sdk/src (static/sdk is committed so that
+## the package carries it: commit it with the source change), and the demo app's bundle
+sdk: js-sdk/node_modules/.package-lock.json demo
 	cd js-sdk && npm run --silent build
+
+## demo: the example third-party app's bundle (examples/demo-app/dist)
+demo: examples/demo-app/node_modules/.package-lock.json
 	cd examples/demo-app && npm run --silent build
 
 ## run: the broker on http://localhost:8000 and the demo app on http://127.0.0.1:8001
 run: install sdk
 	$(VENV)/bin/keybroker serve --with-demo
 
-## test: lint, types, the JS SDK's tests and the whole Python suite (what CI runs)
-test: install sdk
+## test: lint, types, the JS SDK's tests and the whole Python suite on each supported Python
+## (what CI runs); it checks static/sdk against js-sdk/src rather than rebuilding it first
+test: install demo js-sdk/node_modules/.package-lock.json
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" bash scripts/test
+
+## release-check: build the wheel and the sdist, install each into a fresh venv without
+## Node.js and fetch the SDK from it (CI runs it inside make test)
+release-check: install
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" bash scripts/release-check
 
 ## bench: the proxy benchmark (writes docs/benchmarks.md)
 bench: install
@@ -61,5 +71,5 @@ bench: install
 	$(PY) -m bench
 
 clean:
-	rm -rf $(VENV) .keybroker .pytest_cache .mypy_cache .ruff_cache static/sdk \
+	rm -rf $(VENV) .venv-3.* .keybroker .pytest_cache .mypy_cache .ruff_cache \
 	  js-sdk/node_modules examples/demo-app/node_modules examples/demo-app/dist
