@@ -6,7 +6,7 @@ export declare class KeybrokerError extends Error {
 export interface RequestOpenAIAPIOptions {
     /** The broker's public URL, e.g. "https://keys.example.com". */
     broker: string;
-    /** API families to ask for: chat, embeddings, images, audio, files, moderations, models. */
+    /** Scopes to ask for: chat, embeddings, images, audio, files, moderations, models, batches, fine_tuning (the owner decides; batches and fine_tuning start unticked). */
     scopes?: string[];
     /** Models the app needs; the owner can narrow the list. */
     models?: string[];
