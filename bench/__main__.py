@@ -1,9 +1,11 @@
 """``make bench``: proxy overhead, streaming and memory, against a direct arm and a floor.
 
 Starts a canned upstream, a bare aiohttp passthrough (the floor) and keybroker in its
-production configuration (a real grant and token, rate limit and usage recording on), then
-measures them interleaved with wrk and an asyncio stream client, and writes
-docs/benchmarks.md. Loopback only; every run is bounded in time.
+production configuration (a real grant and token, rate limit and usage recording on), and,
+where this machine's PostgreSQL and Redis answer, keybroker's scale-out configuration beside
+them (the same on PostgreSQL and Redis: a budget reserved and settled and the rate checked in
+Redis on every request); then measures them interleaved with wrk and an asyncio stream client,
+and writes docs/benchmarks.md. Loopback only; every run is bounded in time.
 """
 
 from __future__ import annotations
@@ -32,6 +34,8 @@ import aiohttp
 
 ROOT = Path(__file__).resolve().parent.parent
 BODY = '{"model":"gpt-4o-mini","messages":[{"role":"user","content":"hi"}]}'
+POSTGRES = "postgresql://postgres@127.0.0.1:5432"
+REDIS = "redis://127.0.0.1:6379/14"
 
 
 def free_port() -> int:
@@ -64,15 +68,35 @@ class Arms:
     token: str
     broker_pid: int
     procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    scaleout: str = ""  # "" when PostgreSQL or Redis is not there
+    scaleout_token: str = ""
+    scaleout_pid: int = 0
+    database: str = ""  # the scale-out arm's own PostgreSQL database, dropped at the end
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return ("direct", "keybroker", "scaleout", "floor") if self.scaleout else WRK_ARMS
 
     def auth(self, arm: str) -> str:
-        return self.token if arm == "keybroker" else "sk-direct"
+        return {"keybroker": self.token, "scaleout": self.scaleout_token}.get(arm, "sk-direct")
 
     def url(self, arm: str) -> str:
-        return {"direct": self.direct, "keybroker": self.keybroker, "floor": self.floor}[arm]
+        return {
+            "direct": self.direct,
+            "keybroker": self.keybroker,
+            "scaleout": self.scaleout,
+            "floor": self.floor,
+        }[arm]
 
     def pid(self, arm: str) -> int:
-        return {"direct": self.procs[0].pid, "floor": self.procs[1].pid}.get(arm, self.broker_pid)
+        return {
+            "direct": self.procs[0].pid,
+            "floor": self.procs[1].pid,
+            "scaleout": self.scaleout_pid,
+        }.get(arm, self.broker_pid)
+
+
+WRK_ARMS = ("direct", "keybroker", "floor")
 
 
 def start(tmp: Path) -> Arms:
@@ -107,25 +131,11 @@ def start(tmp: Path) -> Arms:
         "KEYBROKER_UPSTREAM_URL": upstream,
     }
     token = seed(kb_env)
-    broker = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "keybroker",
-            "serve",
-            "--port",
-            str(kb_port),
-            "--log-level",
-            "warning",
-            "--no-access-log",
-        ],
-        cwd=tmp,
-        env=kb_env,
-    )
+    broker = serve(kb_env, kb_port, tmp)
     procs.append(broker)
     for port in (up_port, floor_port, kb_port):
         wait_port(port)
-    return Arms(
+    arms = Arms(
         upstream,
         f"http://127.0.0.1:{kb_port}/v1",
         f"http://127.0.0.1:{floor_port}/v1",
@@ -133,9 +143,72 @@ def start(tmp: Path) -> Arms:
         broker.pid,
         procs,
     )
+    database = new_database()
+    if database:
+        so_port = free_port()
+        (tmp / "scaleout").mkdir()
+        so_env = {
+            **kb_env,
+            "KEYBROKER_PUBLIC_URL": f"https://localhost:{so_port}",
+            "KEYBROKER_DATA_DIR": str(tmp / "scaleout"),
+            "KEYBROKER_DATABASE_URL": f"{POSTGRES}/{database}",
+            "KEYBROKER_REDIS_URL": REDIS,
+        }
+        arms.database = database
+        arms.scaleout_token = seed(so_env, budget_usd=10_000)
+        scaleout = serve(so_env, so_port, tmp / "scaleout")
+        procs.append(scaleout)
+        wait_port(so_port)
+        arms.scaleout, arms.scaleout_pid = f"http://127.0.0.1:{so_port}/v1", scaleout.pid
+    return arms
 
 
-def seed(env: dict[str, str]) -> str:
+def serve(env: dict[str, str], port: int, cwd: Path) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "keybroker",
+            "serve",
+            "--port",
+            str(port),
+            "--log-level",
+            "warning",
+            "--no-access-log",
+        ],
+        cwd=cwd,
+        env=env,
+    )
+
+
+def new_database() -> str:
+    """A fresh PostgreSQL database for the scale-out arm, or "" without PostgreSQL or Redis."""
+    import redis
+    from sqlalchemy import create_engine, text
+
+    try:
+        redis.Redis.from_url(REDIS, socket_connect_timeout=2).ping()
+        admin = create_engine(f"{POSTGRES}/postgres", isolation_level="AUTOCOMMIT")
+        name = f"kb_bench_{secrets.token_hex(6)}"
+        with admin.connect() as conn:
+            conn.execute(text(f'CREATE DATABASE "{name}"'))
+        admin.dispose()
+    except Exception as exc:  # no server: the arm is left out, and the report says so
+        print(f"scale-out arm left out: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return ""
+    return name
+
+
+def drop_database(name: str) -> None:
+    from sqlalchemy import create_engine, text
+
+    admin = create_engine(f"{POSTGRES}/postgres", isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin.dispose()
+
+
+def seed(env: dict[str, str], budget_usd: int = 1_000_000) -> str:
     """A real account, vault entry and grant, made with keybroker's own code."""
     code = """
 import sys
@@ -152,7 +225,7 @@ with db.session_scope(engine) as session:
     session.add(User(id="bench", webauthn_handle="bench", name="bench"))
 provider_keys.save_key(engine, ring, user_id="bench", key="sk-bench-owner-key-0000000000")
 token = tokens.new_token(tokens.new_grant_id())
-choices = grants.Choices(scopes=("chat", "models"), models=(), budget_usd=1_000_000,
+choices = grants.Choices(scopes=("chat", "models"), models=(), budget_usd=BUDGET,
                          rpm=1, days=30)
 grants.create_grant(engine, ring, token=token, user_id="bench", client_id="bench",
                     client_name="bench", web_origin=None, choices=choices,
@@ -165,7 +238,7 @@ with db.session_scope(engine) as session:
 print(str(token))
 """
     out = subprocess.run(
-        [sys.executable, "-c", code],
+        [sys.executable, "-c", code.replace("BUDGET", str(budget_usd))],
         env=env,
         cwd=env["KEYBROKER_DATA_DIR"],
         capture_output=True,
@@ -419,17 +492,19 @@ def main() -> None:
                 proc.terminate()
             for proc in arms.procs:
                 proc.wait(timeout=20)
+            if arms.database:
+                drop_database(arms.database)
     Path(args.out).write_text(report)
     print(report)
 
 
 def run(arms: Arms, args: argparse.Namespace, speed: Speed) -> str:
-    for arm in ("direct", "keybroker", "floor"):  # warm up connections and caches
+    for arm in arms.names:  # warm up connections and caches
         wrk(arms.url(arm), arms.auth(arm), 8, 2)
     table: dict[tuple[str, int], list[WrkResult]] = {}
     for _ in range(args.rounds):
         for connections in (1, 32):
-            for arm in ("direct", "keybroker", "floor"):
+            for arm in arms.names:
                 before = cpu_seconds(arms.pid(arm))
                 result = wrk(arms.url(arm), arms.auth(arm), connections, args.seconds)
                 spent = cpu_seconds(arms.pid(arm)) - before
@@ -448,7 +523,8 @@ def run(arms: Arms, args: argparse.Namespace, speed: Speed) -> str:
 
     streams = asyncio.run(streaming(arms, args.stream_runs))
     errors, rss_before, rss_peak = asyncio.run(many_streams(arms, args.streams))
-    return render(args, agg, streams, errors, rss_before, rss_peak, speed)
+    scaleout = (agg("scaleout", 1), agg("scaleout", 32)) if arms.scaleout else None
+    return render(args, agg, streams, errors, rss_before, rss_peak, speed, scaleout)
 
 
 @dataclass(frozen=True)
@@ -480,6 +556,7 @@ def render(
     rss_before: float,
     rss_peak: float,
     speed: Speed,
+    scaleout: tuple[WrkResult, WrkResult] | None = None,
 ) -> str:
     d1, k1, f1 = agg("direct", 1), agg("keybroker", 1), agg("floor", 1)
     d32, k32, f32 = agg("direct", 32), agg("keybroker", 32), agg("floor", 32)
@@ -538,6 +615,25 @@ def render(
             fmt="{:.0f} MB",
         ),
     ]
+    if scaleout is not None:
+        s1, s32 = scaleout
+        targets += [
+            Target(
+                "scale-out, 1 connection: added latency p50",
+                "≤ 0.5 ms",
+                0.5,
+                s1.p50 - d1.p50,
+                f1.p50 - d1.p50,
+            ),
+            Target(
+                "scale-out, 32 connections: share of the floor",
+                "≥ 80%",
+                0.8,
+                s32.rps / f32.rps,
+                at_least=True,
+                fmt="{:.0%}",
+            ),
+        ]
     lines = [
         "# Benchmarks",
         "",
@@ -553,7 +649,12 @@ def render(
         "- Arms: **direct** = the canned aiohttp upstream itself; **keybroker** = `keybroker "
         "serve` (one worker, `KEYBROKER_ENV=production`, SQLite, a real grant and token, rate "
         "limit checked and usage recorded on every request, access log off); **floor** = a bare "
-        "aiohttp passthrough with no checks.",
+        "aiohttp passthrough with no checks; **scaleout** = the keybroker arm on PostgreSQL "
+        "and Redis (a fresh database, Redis db 14): its grant has a $10,000 budget, and every "
+        "request reserves its worst case and takes a rate slot in one Lua script, then settles "
+        "in another"
+        + ("" if scaleout else " (left out of this run: PostgreSQL or Redis did not answer)")
+        + ".",
         f"- Load: wrk, POST /v1/chat/completions with a small JSON body, {args.seconds} s per run,"
         f" {args.rounds} interleaved rounds, medians shown; wrk, the upstream, the floor and "
         "the broker share the 2 cores. CPU µs/request is the CPU time of the arm's own process "
@@ -564,14 +665,18 @@ def render(
         "| arm | conns | req/s | p50 ms | p99 ms | errors | CPU µs/request |",
         "|---|---|---|---|---|---|---|",
     ]
-    for name, conns, r in (
+    rows = [
         ("direct", 1, d1),
         ("keybroker", 1, k1),
         ("floor", 1, f1),
         ("direct", 32, d32),
         ("keybroker", 32, k32),
         ("floor", 32, f32),
-    ):
+    ]
+    if scaleout is not None:
+        rows[2:2] = [("scaleout", 1, scaleout[0])]
+        rows[6:6] = [("scaleout", 32, scaleout[1])]
+    for name, conns, r in rows:
         lines.append(
             f"| {name} | {conns} | {r.rps:,.0f} | {r.p50:.3f} | {r.p99:.3f} | {r.errors} "
             f"| {r.cpu_us:.0f} |"

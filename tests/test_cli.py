@@ -57,6 +57,7 @@ def test_db_upgrade_then_doctor_masks_secrets(tmp_path: Path) -> None:
     for line in secrets.splitlines()[1:]:
         assert line.split("=", 1)[1] not in doctor.stdout
     assert "database: reachable, up to date" in doctor.stdout
+    assert "prices: table of 2025-11-01," in doctor.stdout
     assert "upstream: NOT reachable" in doctor.stdout
     assert doctor.returncode == 1
 

@@ -6,8 +6,10 @@ Real servers: the machine's PostgreSQL, and a Redis server of this test's own on
 
 from __future__ import annotations
 
+import math
 import shutil
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -220,3 +222,66 @@ def test_redis_restart_fails_closed_and_loses_nothing(cluster: Cluster) -> None:
         assert time.monotonic() < deadline, (cluster.usage(token), answered_ok)
         time.sleep(0.1)
     assert cluster.usage(token)[0] == answered_ok  # every answered request is recorded
+
+
+def test_twenty_parallel_requests_on_two_instances_against_a_budget_for_three(
+    cluster: Cluster,
+) -> None:
+    # As tests/proxy/test_budgets.py in one process: each request reserves $0.003 and really
+    # costs $0.002942 of a $0.01 budget, so three fit; the instances share one count.
+    token = cluster.token(budget_usd="0.01")
+    body = {**CHAT, "messages": [{"role": "user", "content": "sleep:1500 tokens:4900"}]}
+    body["max_tokens"] = 5000
+    clients = [
+        httpx.Client(base_url=(cluster.a if i % 2 else cluster.b).url, timeout=30)
+        for i in range(20)
+    ]
+    start = threading.Barrier(20)
+
+    def one(client: httpx.Client) -> httpx.Response:
+        start.wait()
+        return client.post(
+            "/v1/chat/completions", json=body, headers={"authorization": f"Bearer {token}"}
+        )
+
+    try:
+        with ThreadPoolExecutor(max_workers=20) as pool:
+            answers = list(pool.map(one, clients))
+    finally:
+        for client in clients:
+            client.close()
+    statuses = [a.status_code for a in answers]
+    assert statuses.count(200) == 3, statuses
+    refused = [a.json()["error"]["code"] for a in answers if a.status_code != 200]
+    assert set(refused) == {"insufficient_quota"}
+    deadline = time.monotonic() + 10
+    while cluster.usage(token)[0] < 3:
+        assert time.monotonic() < deadline, cluster.usage(token)
+        time.sleep(0.1)
+    count, _, _, cost = cluster.usage(token)
+    assert count == 3
+    assert cost == 3 * round(10 * 0.15 + 4900 * 0.6 + 0.5) <= 10_000
+    for instance in (cluster.a, cluster.b):
+        info = httpx.get(
+            f"{instance.url}/api/grant", headers={"authorization": f"Bearer {token}"}
+        ).json()
+        assert info["spent_this_month_usd"] == pytest.approx(cost / 1e6)
+        assert info["reserved_usd"] == 0
+
+
+def test_a_rate_of_45_a_minute_holds_across_both_instances(cluster: Cluster) -> None:
+    # 60,000 / 45 ms is not a whole number: this once made every request a 503.
+    token = cluster.token(rpm="45")
+    began = time.monotonic()
+    with ThreadPoolExecutor(max_workers=10) as pool:
+        answers = list(
+            pool.map(lambda i: call(cluster.a if i % 2 else cluster.b, token), range(60))
+        )
+    elapsed = time.monotonic() - began
+    statuses = [a.status_code for a in answers]
+    assert set(statuses) == {200, 429}, statuses
+    # The burst of 45, and one more for every 60/45 s the requests took to send.
+    assert 45 <= statuses.count(200) <= 45 + math.ceil(elapsed * 45 / 60), (statuses, elapsed)
+    refused = [a for a in answers if a.status_code == 429]
+    assert {a.json()["error"]["code"] for a in refused} == {"rate_limit_exceeded"}
+    assert {a.headers["retry-after"] for a in refused} <= {"1", "2"}

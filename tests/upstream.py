@@ -1,8 +1,10 @@
 """A mock OpenAI API on a loopback port: what the proxy and key checks talk to in tests.
 
 Keys decide behaviour: one containing ``bad`` is refused (401), ``quota`` gets 429, ``slow``
-answers after ``SLOW_SECONDS``. Every request is recorded (method, path, headers, body) so
-tests can check exactly what reached the upstream.
+answers after ``SLOW_SECONDS``. Directives in a chat's text steer the answer (``tokens:N``,
+``sleep:MS``, ``chunks:N``, ``bulk:BYTES``...); ``realistic:1`` reports prompt tokens as a
+tokenizer would for English (``english_tokens``: 100 tokens per 75 words). Every request is
+recorded (method, path, headers, body) so tests can check exactly what reached the upstream.
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ class Upstream:
     cancelled: list[str] = field(default_factory=list)
     completed: list[str] = field(default_factory=list)
     objects: Objects = field(default_factory=Objects)
+    background: dict[str, dict[str, Any]] = field(default_factory=dict)  # responses queued
     server: uvicorn.Server | None = None
     thread: threading.Thread | None = None
 
@@ -157,6 +160,8 @@ def build_app(state: Upstream) -> Starlette:
                 {"id": f"{chat_id}-{i}", "role": m.get("role"), "content": m.get("content")}
                 for i, m in enumerate(body.get("messages", []))
             ]
+        if "realistic" in directives:
+            prompt_tokens = english_tokens(text)
         if not body.get("stream"):
             return JSONResponse(
                 {
@@ -168,7 +173,10 @@ def build_app(state: Upstream) -> Starlette:
                         {
                             "index": 0,
                             "finish_reason": "stop",
-                            "message": {"role": "assistant", "content": "Hello there!"},
+                            "message": {
+                                "role": "assistant",
+                                "content": "Hello there!" + "." * int(directives.get("bulk", 0)),
+                            },
                         }
                     ],
                     "usage": {
@@ -272,6 +280,9 @@ def build_app(state: Upstream) -> Starlette:
         }
         if response_id != "resp_1":
             state.objects.by_id[response_id] = final
+        if body.get("background"):
+            state.background[final["id"]] = final
+            return JSONResponse({**final, "status": "queued", "usage": None, "output": []})
         if not body.get("stream"):
             return JSONResponse(final)
 
@@ -303,6 +314,48 @@ def build_app(state: Upstream) -> Starlette:
 
         return StreamingResponse(events(), media_type="text/event-stream")
 
+    async def completions(request: Request) -> Response:
+        """The legacy completions API: usage in its stream only when asked for."""
+        refused = await record(request)
+        if refused is not None:
+            return refused
+        body = json.loads(state.seen[-1].body)
+        model = body.get("model", "gpt-3.5-turbo-instruct")
+        usage = {"prompt_tokens": 9, "completion_tokens": 3, "total_tokens": 12}
+        if not body.get("stream"):
+            return JSONResponse(
+                {
+                    "id": "cmpl-1",
+                    "object": "text_completion",
+                    "model": model,
+                    "choices": [{"text": "a b c", "index": 0, "finish_reason": "stop"}],
+                    "usage": usage,
+                }
+            )
+        with_usage = (body.get("stream_options") or {}).get("include_usage") is True
+
+        async def events() -> Any:
+            for word in "abc":
+                chunk = {
+                    "id": "cmpl-2",
+                    "object": "text_completion",
+                    "model": model,
+                    "choices": [{"text": word, "index": 0, "finish_reason": None}],
+                }
+                yield f"data: {json.dumps(chunk)}\n\n".encode()
+            if with_usage:
+                last = {
+                    "id": "cmpl-2",
+                    "object": "text_completion",
+                    "model": model,
+                    "choices": [],
+                    "usage": usage,
+                }
+                yield f"data: {json.dumps(last)}\n\n".encode()
+            yield b"data: [DONE]\n\n"
+
+        return StreamingResponse(events(), media_type="text/event-stream")
+
     async def embeddings(request: Request) -> Response:
         refused = await record(request)
         if refused is not None:
@@ -321,13 +374,25 @@ def build_app(state: Upstream) -> Starlette:
         refused = await record(request)
         if refused is not None:
             return refused
-        return JSONResponse(
-            {
-                "created": 1,
-                "data": [{"b64_json": "aGVsbG8="}],
-                "usage": {"input_tokens": 12, "output_tokens": 100, "total_tokens": 112},
+        seen = state.seen[-1]
+        if seen.headers.get("content-type", "").startswith("multipart/"):
+            from keybroker.proxy import framing
+
+            kind = framing.body_type(seen.headers["content-type"].encode())
+            parts = framing.multipart_parts(seen.body, kind)
+            found = [p.data.decode() for p in parts if p.name == "model"]
+            model = found[0] if found else "dall-e-2"
+        else:
+            model = json.loads(seen.body).get("model", "dall-e-2")
+        answer: dict[str, Any] = {"created": 1, "data": [{"b64_json": "aGVsbG8="}]}
+        if model.startswith("gpt-image"):  # only these report usage (in tokens)
+            answer["usage"] = {
+                "input_tokens": 12,
+                "input_tokens_details": {"text_tokens": 12, "image_tokens": 0},
+                "output_tokens": 4160,
+                "total_tokens": 4172,
             }
-        )
+        return JSONResponse(answer)
 
     async def speech(request: Request) -> Response:
         refused = await record(request)
@@ -340,6 +405,13 @@ def build_app(state: Upstream) -> Starlette:
         if refused is not None:
             return refused
         form = await _form(state.seen[-1], request)
+        if form["model"] == "whisper-1":  # billed by the second, and says so
+            return JSONResponse(
+                {
+                    "text": f"heard {form['file_size']} bytes",
+                    "usage": {"type": "duration", "seconds": 90},
+                }
+            )
         return JSONResponse(
             {
                 "text": f"heard {form['file_size']} bytes",
@@ -372,6 +444,7 @@ def build_app(state: Upstream) -> Starlette:
             Route("/v1/models", models),
             Route("/v1/chat/completions", chat, methods=["POST"]),
             Route("/v1/responses", responses, methods=["POST"]),
+            Route("/v1/completions", completions, methods=["POST"]),
             Route("/v1/embeddings", embeddings, methods=["POST"]),
             Route("/v1/images/generations", images, methods=["POST"]),
             Route("/v1/audio/speech", speech, methods=["POST"]),
@@ -385,6 +458,11 @@ def build_app(state: Upstream) -> Starlette:
 SPEECH = b"ID3" + bytes(range(256)) * 64
 
 
+def english_tokens(text: str) -> int:
+    """Tokens a tokenizer counts in English text, by the usual measure: 100 per 75 words."""
+    return -(-len(text.split()) * 4 // 3)
+
+
 def _sse(event: str, data: dict[str, Any]) -> bytes:
     return f"event: {event}\ndata: {json.dumps(data)}\n\n".encode()
 
@@ -396,20 +474,31 @@ async def _form(seen: Seen, request: Request) -> dict[str, Any]:
     parts = framing.multipart_parts(seen.body, kind)
     files = [p for p in parts if p.name == "file"]
     purpose = [p.data.decode() for p in parts if p.name == "purpose"]
+    model = [p.data.decode() for p in parts if p.name == "model"]
     return {
         "file_size": len(files[0].data) if files else 0,
         "filename": (files[0].filename or "") if files else "",
         "purpose": purpose[0] if purpose else "",
+        "model": model[0] if model else "",
     }
 
 
 def serve_in_thread(
-    app: Any, lifespan: str = "off", http: type[asyncio.Protocol] | str = "auto"
+    app: Any,
+    lifespan: str = "off",
+    http: type[asyncio.Protocol] | str = "auto",
+    keep_alive: int = 5,
 ) -> tuple[uvicorn.Server, str]:
     """An ASGI app under uvicorn on a free loopback port, in a daemon thread."""
     port = free_port()
     config = uvicorn.Config(
-        app, host="127.0.0.1", port=port, log_level="warning", lifespan=lifespan, http=http
+        app,
+        host="127.0.0.1",
+        port=port,
+        log_level="warning",
+        lifespan=lifespan,
+        http=http,
+        timeout_keep_alive=keep_alive,
     )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
@@ -425,7 +514,12 @@ def serve_in_thread(
 
 def start_upstream() -> Upstream:
     state = Upstream()
-    server, url = serve_in_thread(build_app(state))
+    # Idle connections stay open longer than the proxy's pool keeps them (60 s, http1.py), as
+    # at OpenAI's edge. With uvicorn's default of 5 s, a pooled connection the upstream was
+    # closing at that instant took a POST and reset it: a 502 (not retried: a POST may have
+    # been applied, RFC 9112 §9.3.1.1). That race is the pool's to handle (reported), not the
+    # subject of the tests that use this upstream.
+    server, url = serve_in_thread(build_app(state), keep_alive=75)
     state.url = f"{url}/v1"
     state.server, state.thread = server, server.thread  # type: ignore[attr-defined]
     return state

@@ -28,6 +28,7 @@ from keybroker.proxy.cache import LOCAL_TTL_SECONDS, SHARED_TTL_SECONDS, GrantCa
 from keybroker.proxy.forward import ProxyApp
 from keybroker.proxy.limits import Limits, MemoryLimits
 from keybroker.proxy.pricing import PriceTable
+from keybroker.proxy.spend import Spend
 from keybroker.proxy.upstream import Upstream
 from keybroker.proxy.usage import Recorder
 from keybroker.resources import resource_dir
@@ -88,8 +89,8 @@ def build_context(settings: Settings) -> Context:
         bridge = RedisGrantBridge(async_redis, cache.invalidate, on_reset=cache.clear)
     proxy = ProxyApp(
         grants=cache,
-        limits=limits,
-        recorder=Recorder(engine, limits, PriceTable.load(settings.pricing_file)),
+        spend=Spend(limits, PriceTable.load(settings.pricing_file), engine),
+        recorder=Recorder(engine),
         upstream=Upstream(settings.upstream_url, settings.upstream_timeout),
     )
     return Context(

@@ -184,6 +184,14 @@ def cmd_doctor(settings: Settings, args: argparse.Namespace) -> int:
         except Exception as exc:  # doctor reports every failure rather than stopping
             ok = False
             print(f"redis: NOT reachable ({type(exc).__name__})")
+    from keybroker.proxy.pricing import PriceTable, PriceTableError
+
+    try:
+        prices = PriceTable.load(settings.pricing_file)
+        print(f"prices: table of {prices.date}, {prices.size} models and snapshots")
+    except PriceTableError as exc:
+        ok = False
+        print(f"prices: NOT usable ({exc})")
     try:
         response = httpx.get(f"{settings.upstream_url}/models", timeout=5)
         print(f"upstream: reachable (GET /models without a key answered {response.status_code})")

@@ -106,7 +106,9 @@ def test_image_generation(live: Live) -> None:
     assert result.data is not None
     assert result.data[0].b64_json == "aGVsbG8="
     row = last_usage(live, token)[-1]
-    assert (row.input_tokens, row.output_tokens) == (12, 100)
+    # gpt-image-1 reports its tokens: 12 of prompt, 4,160 of image (one high-quality square).
+    assert (row.input_tokens, row.output_tokens) == (12, 4160)
+    assert row.cost_microusd == 12 * 5 + 4160 * 40
 
 
 def test_audio_speech_binary(live: Live) -> None:
@@ -156,8 +158,12 @@ def test_errors_map_to_the_sdk_exception_classes(live: Live) -> None:
         client.embeddings.create(model="text-embedding-3-small", input="x")
     with pytest.raises(openai.PermissionDeniedError, match="model"):
         client.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "x"}])
-    # rpm=2: the refused gpt-4o request above counted, this one is the second.
-    client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "x"}])
+    # rpm=2: the refused gpt-4o request above was refused before the limits (it took no slot
+    # and reserved nothing); these two take both slots.
+    for _ in range(2):
+        client.chat.completions.create(
+            model="gpt-4o-mini", messages=[{"role": "user", "content": "x"}]
+        )
     with pytest.raises(openai.RateLimitError) as info:
         client.chat.completions.create(
             model="gpt-4o-mini", messages=[{"role": "user", "content": "x"}]

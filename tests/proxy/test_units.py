@@ -18,7 +18,7 @@ from keybroker.proxy.bodies import add_include_usage
 from keybroker.proxy.framing import strict_json
 from keybroker.proxy.limits import MemoryLimits
 from keybroker.proxy.paths import UnsafePathError, api_path
-from keybroker.proxy.pricing import PriceTable
+from keybroker.proxy.pricing import PriceTable, Tokens
 from keybroker.proxy.usage import Seen, event_usage
 from keybroker.settings import Settings
 from tests.conftest import BROKER
@@ -55,17 +55,21 @@ def test_gcra_allows_a_burst_of_rpm_then_one_per_interval() -> None:
     assert 1 <= denied.retry_after <= 6
 
 
-def test_pricing_longest_prefix_and_unknown() -> None:
+def test_pricing_by_exact_id_and_snapshot_never_by_prefix() -> None:
     table = PriceTable.load()
-    assert table.price("gpt-4o-mini-2024-07-18") == (0.15, 0.6)
-    assert table.price("gpt-4o-2024-08-06") == (2.5, 10.0)
-    assert table.price("gpt-4o-mini-transcribe") == (1.25, 5.0)
-    cost = table.cost("gpt-4o-mini", 1_000_000, 1_000_000)
-    assert cost.microusd == 750_000
-    assert cost.known
-    unknown = table.cost("my-own-model", 10, 10)
-    assert unknown.microusd == 0
-    assert not unknown.known
+    mini = table.price("gpt-4o-mini-2024-07-18")
+    assert mini is not None
+    assert (mini.model, mini.input, mini.output) == ("gpt-4o-mini", 0.15, 0.6)
+    assert table.cost("gpt-4o-mini", Tokens(input=1_000_000, output=1_000_000)) == 750_000
+    # Look-alikes are their own products at their own prices, or have none.
+    assert table.price("o1-pro").input == 150.0  # type: ignore[union-attr]
+    assert table.price("gpt-5-pro").output == 120.0  # type: ignore[union-attr]
+    assert table.price("o3-pro").input == 20.0  # type: ignore[union-attr]
+    for model in ("gpt-4o-mini-2099-01-01", "o1-pro-max", "gpt-5-turbo", "my-own-model", "gpt"):
+        assert table.price(model) is None, model
+        assert table.cost(model, Tokens(input=10, output=10)) is None
+    assert table.price("gpt-4o-2024-05-13").input == 5.0  # type: ignore[union-attr]
+    assert table.date
 
 
 def test_include_usage_is_added_without_rewriting_the_body() -> None:

@@ -21,8 +21,6 @@ from keybroker.crypto import tokens
 from keybroker.db import make_engine
 from keybroker.models import Grant, utcnow
 from keybroker.proxy import usage_writer
-from keybroker.proxy.limits import MemoryLimits
-from keybroker.proxy.pricing import PriceTable
 from keybroker.proxy.usage import Finished, Recorder
 from keybroker.proxy.usage_writer import frame
 from tests.live import Live, wait_for
@@ -38,7 +36,9 @@ def chat(live: Live, token: str) -> None:
 
 
 def finished(grant_id: str, user_id: str, path: str = "/v1/chat/completions") -> Finished:
-    return Finished(grant_id, user_id, "POST", path, "gpt-4o-mini", 200, 3, 2, 5, False, utcnow())
+    return Finished(
+        grant_id, user_id, "POST", path, "gpt-4o-mini", 200, 3, 2, 2, 5, False, utcnow()
+    )
 
 
 def alive(pid: int) -> bool:
@@ -99,7 +99,7 @@ def test_stop_writes_what_was_recorded_and_ends_the_writer(
     monkeypatch.setenv("KEYBROKER_MASTER_KEYS", "k1:sentinel-not-for-the-writer")
 
     async def run() -> tuple[Recorder, int, bytes]:
-        recorder = Recorder(live.ctx.engine, MemoryLimits(), PriceTable.load())
+        recorder = Recorder(live.ctx.engine)
         recorder.start()
         for _ in range(3):
             await recorder.record(finished(grant_id, user_id))
@@ -128,7 +128,7 @@ def test_a_failed_write_is_counted_and_the_writer_goes_on(tmp_path: Path) -> Non
     empty = f"sqlite:///{tmp_path / 'empty.db'}"  # no tables: every insert fails
 
     async def run() -> tuple[int, int | None, bool]:
-        recorder = Recorder(make_engine(empty), MemoryLimits(), PriceTable.load())
+        recorder = Recorder(make_engine(empty))
         recorder.start()
         await recorder.record(finished("g", "u"))
         await recorder.flush()
@@ -166,7 +166,7 @@ def test_a_new_writer_runs_idle_class(live: Live, monkeypatch: pytest.MonkeyPatc
     monkeypatch.setattr(usage_writer, "PATIENCE", 60)  # no batch is lifted in this test
 
     async def run() -> int:
-        recorder = Recorder(live.ctx.engine, MemoryLimits(), PriceTable.load())
+        recorder = Recorder(live.ctx.engine)
         recorder.start()
         await recorder.record(finished("no-such-grant", "u"))
         await recorder.flush()

@@ -29,25 +29,30 @@ from keybroker.oauth.clients import web_origin
 from keybroker.proxy import batch_input, errors, listing, ownership, policy, scopes
 from keybroker.proxy.bodies import TooLarge, add_include_usage, read_request
 from keybroker.proxy.cache import GrantCache
-from keybroker.proxy.framing import FramingError
+from keybroker.proxy.framing import FramingError, body_type, multipart_parts
 from keybroker.proxy.http1 import UpstreamResponse
-from keybroker.proxy.limits import Limits, LimitsUnavailable
+from keybroker.proxy.limits import LimitsUnavailable, Reservation
 from keybroker.proxy.paths import UnsafePathError, api_path
 from keybroker.proxy.policy import Decision, Refused
+from keybroker.proxy.spend import (
+    NOTHING,
+    CostUnknown,
+    NotPriced,
+    Plan,
+    Spend,
+    Unreadable,
+    route_kind,
+)
 from keybroker.proxy.stats import ProxyMetrics
 from keybroker.proxy.upstream import Upstream, response_headers, upstream_request_headers
-from keybroker.proxy.usage import (
-    Finished,
-    Recorder,
-    Seen,
-    event_usage,
-    json_usage,
-    month_of,
-    monthly_spend,
-)
+from keybroker.proxy.usage import Finished, Recorder, Seen, Tail, event_usage, json_usage
 
 logger = logging.getLogger("keybroker.proxy")
-USAGE_SCAN_LIMIT = 8 * 1024 * 1024
+USAGE_SCAN_LIMIT = 8 * 1024 * 1024  # answers read whole to record the objects they make
+# Streams that report usage only when asked (stream_options.include_usage); keybroker asks.
+USAGE_STREAMS = frozenset({"/chat/completions", "/completions"})
+# The multipart fields an images or audio request is priced by.
+FORM_FIELDS = ("model", "n", "size", "quality", "image", "image[]")
 # Bodies up to this size with a declared length are relayed without a disconnect watcher: a
 # watcher task costs more CPU than such a request's whole relay (docs/benchmarks.md).
 WATCH_ABOVE = 1024 * 1024
@@ -67,12 +72,13 @@ class ProxyApp:
         self,
         *,
         grants: GrantCache,
-        limits: Limits,
+        spend: Spend,
         recorder: Recorder,
         upstream: Upstream,
     ) -> None:
         self.grants = grants
-        self.limits = limits
+        self.spend = spend
+        self.limits = spend.limits  # also counts sign-in attempts and key checks (web/abuse.py)
         self.recorder = recorder
         self.upstream = upstream
         self.metrics = ProxyMetrics()
@@ -89,14 +95,6 @@ class ProxyApp:
         if grant is None or not tokens.secret_matches(token, grant.secret_hash):
             return None
         return token, grant
-
-    async def spent(self, grant: GrantView) -> int:
-        month = month_of(utcnow())
-        spent = await self.limits.spent(grant.id, month)
-        if spent is None:
-            spent = await run_in_threadpool(monthly_spend, self.grants.engine, grant.id)
-            await self.limits.set_spent(grant.id, month, spent)
-        return spent
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         started = time.perf_counter()
@@ -140,42 +138,6 @@ class ProxyApp:
             await send_refusal(send, refused, cors)
             return
         try:
-            decision = await self.limits.hit(grant.id, grant.rpm)
-            spent = await self.spent(grant)
-        except LimitsUnavailable:
-            # Fail closed: nobody is counting, so nothing goes through (issue: scale-out).
-            await errors.send_error(
-                send,
-                503,
-                "keybroker cannot check this key's limits right now (its shared "
-                "limit store is unreachable). Retry in a few seconds.",
-                "server_error",
-                "limits_unavailable",
-                headers=[*cors, (b"retry-after", b"2")],
-            )
-            return
-        if not decision.allowed:
-            await errors.send_error(
-                send,
-                429,
-                f"Rate limit of {grant.rpm} requests per minute reached for this "
-                f"key. Retry after {decision.retry_after} s.",
-                "requests",
-                "rate_limit_exceeded",
-                headers=[*cors, (b"retry-after", str(decision.retry_after).encode())],
-            )
-            return
-        if spent >= grant.budget_microusd:
-            await errors.send_error(
-                send,
-                429,
-                "This key's monthly budget, set by the key's owner, is spent.",
-                "insufficient_quota",
-                "insufficient_quota",
-                headers=cors,
-            )
-            return
-        try:
             prepared = await self._prepare(method, headers, lookup, receive, grant, found_route)
         except TooLarge:
             await errors.send_error(
@@ -205,6 +167,115 @@ class ProxyApp:
             if missing:
                 await send_refusal(send, ownership.not_found(missing[0]), cors)
                 return
+        body = prepared.body if isinstance(prepared.body, bytes) else None
+        form = None
+        content_type = prepared.decision.facts.content_type or b""
+        multipart = body is not None and content_type.startswith(b"multipart/form-data")
+        if multipart and body is not None and route_kind(method, rest) in ("images", "minutes"):
+            parts = multipart_parts(body, body_type(content_type))
+            form = {
+                name: [p.data.decode("utf-8", "replace") for p in parts if p.name == name]
+                for name in FORM_FIELDS
+            }
+        try:
+            plan = self.spend.plan(method, rest, body, prepared.fields, form)
+        except NotPriced as exc:
+            await errors.send_error(
+                send,
+                403,
+                f"keybroker has no price for the model {exc.model[:100]!r}, so a key with a "
+                "budget may not use it. The broker's operator can price it "
+                "(KEYBROKER_PRICING_FILE).",
+                "invalid_request_error",
+                "model_not_priced",
+                param="model",
+                headers=cors,
+            )
+            return
+        except Unreadable as exc:
+            await errors.send_error(
+                send, 400, str(exc), "invalid_request_error", "invalid_body", headers=cors
+            )
+            return
+        except CostUnknown as exc:
+            await errors.send_error(
+                send, 403, str(exc), "invalid_request_error", "cost_unknown", headers=cors
+            )
+            return
+        try:
+            admitted = await self.spend.admit(grant, plan)
+        except LimitsUnavailable:
+            # Fail closed: nobody is counting, so nothing goes through (issue: scale-out).
+            await errors.send_error(
+                send,
+                503,
+                "keybroker cannot check this key's limits right now (its shared "
+                "limit store is unreachable). Retry in a few seconds.",
+                "server_error",
+                "limits_unavailable",
+                headers=[*cors, (b"retry-after", b"2")],
+            )
+            return
+        if admitted.over_budget:
+            await errors.send_error(
+                send,
+                429,
+                "This key's monthly budget, set by the key's owner, cannot cover this "
+                "request: it is spent, or held by the key's requests in flight.",
+                "insufficient_quota",
+                "insufficient_quota",
+                headers=cors,
+            )
+            return
+        if not admitted.allowed:
+            await errors.send_error(
+                send,
+                429,
+                f"Rate limit of {grant.rpm} requests per minute reached for this "
+                f"key. Retry after {admitted.retry_after} s.",
+                "requests",
+                "rate_limit_exceeded",
+                headers=[*cors, (b"retry-after", str(admitted.retry_after).encode())],
+            )
+            return
+        handed = False  # to _forward, which settles the reservation itself
+        try:
+            handed = await self._after_admission(
+                scope,
+                receive,
+                send,
+                method,
+                rest,
+                started,
+                token,
+                grant,
+                prepared,
+                cors,
+                plan,
+                admitted.reservation,
+            )
+        finally:
+            if not handed:
+                await self.spend.settle(grant, plan, admitted.reservation, NOTHING, Seen())
+
+    async def _after_admission(
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        method: str,
+        rest: str,
+        started: float,
+        token: tokens.AppToken,
+        grant: GrantView,
+        prepared: Prepared,
+        cors: list[tuple[bytes, bytes]],
+        plan: Plan,
+        reservation: Reservation | None,
+    ) -> bool:
+        """True once the request is handed to ``_forward``."""
+        headers: list[tuple[bytes, bytes]] = scope["headers"]
+        query = scope.get("query_string", b"")
         try:
             key = self.grants.open_key(grant, token)
         except (SealedRecordError, UnknownKidError) as exc:
@@ -217,7 +288,7 @@ class ProxyApp:
                 "grant_unavailable",
                 headers=cors,
             )
-            return
+            return False
         target = rest.encode() + (b"?" + query if query else b"")
         route = prepared.decision.route
         up_headers = upstream_request_headers(headers, key)
@@ -226,11 +297,11 @@ class ProxyApp:
                 await self._check_batch_input(prepared, grant, up_headers)
             except Refused as refused:
                 await send_refusal(send, refused, cors)
-                return
+                return False
         listed = ownership.LISTS.get((route.method, route.template))
         if listed is not None:
             await self._relay_owned_list(rest, query, listed, up_headers, key, send, cors, grant)
-            return
+            return False
         await self._forward(
             method,
             target,
@@ -244,7 +315,10 @@ class ProxyApp:
             grant,
             rest,
             started,
+            plan,
+            reservation,
         )
+        return True
 
     async def _check_batch_input(
         self, prepared: Prepared, grant: GrantView, up_headers: list[tuple[bytes, bytes]]
@@ -327,7 +401,11 @@ class ProxyApp:
         body = read.body
         strip = False
         fields = read.fields
-        streamed_chat = fields is not None and fields.get("stream") is True and "messages" in fields
+        streamed_chat = (
+            fields is not None
+            and fields.get("stream") is True
+            and found.route.template in USAGE_STREAMS
+        )
         if isinstance(body, bytes) and fields is not None and streamed_chat:
             changed = add_include_usage(body, fields)
             if changed is not None:
@@ -348,6 +426,8 @@ class ProxyApp:
         grant: GrantView,
         rest: str,
         started: float,
+        plan: Plan,
+        reservation: Reservation | None,
     ) -> None:
         assert self.upstream.pool is not None
         seen = Seen(model=prepared.model)
@@ -357,6 +437,10 @@ class ProxyApp:
         try:
             response = await self.upstream.pool.request(method, target, up_headers, prepared.body)
         except TimeoutError:
+            # Sent, unanswered: charged its estimate, as the upstream may bill it.
+            await self._settle(
+                grant, plan, reservation, seen, 504, True, True, method, rest, started
+            )
             await errors.send_error(
                 send,
                 504,
@@ -367,6 +451,7 @@ class ProxyApp:
             )
             return
         except ValueError:
+            await self.spend.settle(grant, plan, reservation, NOTHING, seen)
             await errors.send_error(
                 send,
                 400,
@@ -381,6 +466,7 @@ class ProxyApp:
             logger.warning(
                 "upstream request failed: %s: %s", type(exc).__name__, exc.strerror or ""
             )
+            await self.spend.settle(grant, plan, reservation, NOTHING, seen)
             await errors.send_error(
                 send,
                 502,
@@ -445,25 +531,46 @@ class ProxyApp:
                 response.close()  # drop the connection: the upstream request is cancelled
             else:
                 response.release()  # back to the pool for the next request (keep-alive)
-            if seen.reported is False and interrupted:
-                seen.output_tokens = seen.deltas  # an estimate: about one token per delta
-            latency_ms = int((time.perf_counter() - started) * 1000)
-            self.metrics.observe(status, latency_ms)
-            await self.recorder.record(
-                Finished(
-                    grant_id=grant.id,
-                    user_id=grant.user_id,
-                    method=method,
-                    path=rest,
-                    model=seen.model,
-                    status=status,
-                    input_tokens=seen.input_tokens,
-                    output_tokens=seen.output_tokens,
-                    latency_ms=latency_ms,
-                    interrupted=interrupted,
-                    at=utcnow(),
-                )
+            await self._settle(
+                grant, plan, reservation, seen, status, interrupted, True, method, rest, started
             )
+
+    async def _settle(
+        self,
+        grant: GrantView,
+        plan: Plan,
+        reservation: Reservation | None,
+        seen: Seen,
+        status: int,
+        interrupted: bool,
+        sent: bool,
+        method: str,
+        rest: str,
+        started: float,
+    ) -> None:
+        charge = self.spend.charge(plan, seen, status, interrupted) if sent else NOTHING
+        cost = await self.spend.settle(grant, plan, reservation, charge, seen)
+        if not sent:
+            return
+        latency_ms = int((time.perf_counter() - started) * 1000)
+        self.metrics.observe(status, latency_ms)
+        await self.recorder.record(
+            Finished(
+                grant_id=grant.id,
+                user_id=grant.user_id,
+                method=method,
+                path=rest,
+                model=charge.model,
+                status=status,
+                input_tokens=charge.input_tokens,
+                output_tokens=charge.output_tokens,
+                cost_microusd=cost,
+                latency_ms=latency_ms,
+                interrupted=interrupted or charge.estimated,
+                at=utcnow(),
+                unknown_model=plan.price is None and plan.kind != "free" and bool(charge.model),
+            )
+        )
 
     async def _relay_error(
         self,
@@ -605,15 +712,13 @@ class ProxyApp:
     async def _relay_body(
         self, response: UpstreamResponse, send: Send, seen: Seen, scan: bool
     ) -> None:
-        kept: list[bytes] = []
-        size = 0
+        tail = Tail() if scan else None
         async for chunk in response.iter_chunks():
             await send({"type": "http.response.body", "body": chunk, "more_body": True})
-            if scan and size < USAGE_SCAN_LIMIT:
-                kept.append(chunk)
-                size += len(chunk)
-        if scan and size < USAGE_SCAN_LIMIT:
-            json_usage(b"".join(kept), seen)
+            if tail is not None:
+                tail.add(chunk)
+        if tail is not None:
+            tail.read(seen)
 
     async def _relay_events(
         self,

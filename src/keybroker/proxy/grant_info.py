@@ -35,7 +35,7 @@ async def grant_info(request: Request) -> Response:
             headers=headers,
         )
     try:
-        spent = await proxy.spent(grant)
+        spent, reserved = await proxy.spend.state(grant)
     except LimitsUnavailable:
         return Response(
             errors.error_body(
@@ -56,7 +56,9 @@ async def grant_info(request: Request) -> Response:
             "rate_limit_rpm": grant.rpm,
             "monthly_budget_usd": grant.budget_microusd / 1_000_000,
             "spent_this_month_usd": spent / 1_000_000,
-            "remaining_budget_usd": max(0, grant.budget_microusd - spent) / 1_000_000,
+            # Held by this key's requests in flight: settled to their real cost when they end.
+            "reserved_usd": reserved / 1_000_000,
+            "remaining_budget_usd": max(0, grant.budget_microusd - spent - reserved) / 1_000_000,
             "expires_at": grant.expires_at.isoformat(),
             "created_at": grant.created_at.isoformat(),
         },

@@ -1,7 +1,8 @@
 """Usage: token counts read from JSON answers and SSE streams, recorded off the hot path.
 
-The proxy hands each finished request to ``Recorder.record``; a background task writes them
-in batches, and the in-memory monthly spend used for budget checks moves at once.
+The proxy hands each finished request, its cost settled (spend.py), to ``Recorder.record``; a
+background task writes them in batches. Usage is read from answers of any size: JSON answers
+from their tail (``Tail``), streams event by event.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ import asyncio
 import json
 import logging
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, NamedTuple
 
@@ -18,12 +19,14 @@ from sqlalchemy import Engine, func, select
 from sqlmodel import Session, col
 
 from keybroker.models import UsageRecord, utcnow
-from keybroker.proxy.limits import Limits
-from keybroker.proxy.pricing import PriceTable
+from keybroker.proxy.pricing import Tokens
 from keybroker.proxy.usage_writer import UsageRow, WriterGone, WriterProcess
 
 logger = logging.getLogger("keybroker.usage")
 USAGE_OBJECT = re.compile(rb'"usage"\s*:\s*\{')
+MODEL_FIELD = re.compile(rb'"model"\s*:\s*"([A-Za-z0-9._:/-]{1,100})"')
+DECODER = json.JSONDecoder()
+USAGE_CHUNKS = ("chat.completion.chunk", "text_completion")
 BATCH = 500
 # Rows wait this long to be written together: at low load one write per request would cost
 # more than the request itself. Budget checks use the in-memory spend, which moves at once.
@@ -38,12 +41,36 @@ def month_start(moment: datetime) -> datetime:
     return moment.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
 
 
-def tokens_of(usage: Any) -> tuple[int, int]:
-    if not isinstance(usage, dict):
-        return 0, 0
+def _count(value: Any) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
+
+
+def tokens_of(usage: dict[str, Any]) -> Tokens:
+    """Chat's prompt/completion names, the Responses, images and transcription input/output
+    names, and the details each splits them by (cached, audio, image tokens)."""
     inp = usage.get("prompt_tokens", usage.get("input_tokens", 0))
     out = usage.get("completion_tokens", usage.get("output_tokens", 0))
-    return (inp if isinstance(inp, int) else 0), (out if isinstance(out, int) else 0)
+    details: Any = (
+        usage.get("prompt_tokens_details")
+        or usage.get("input_tokens_details")
+        or usage.get("input_token_details")  # transcriptions spell it so
+        or {}
+    )
+    out_details: Any = (
+        usage.get("completion_tokens_details") or usage.get("output_tokens_details") or {}
+    )
+    if not isinstance(details, dict):
+        details = {}
+    if not isinstance(out_details, dict):
+        out_details = {}
+    return Tokens(
+        input=_count(inp),
+        cached=_count(details.get("cached_tokens")),
+        audio_input=_count(details.get("audio_tokens")),
+        image_input=_count(details.get("image_tokens")),
+        output=_count(out),
+        audio_output=_count(out_details.get("audio_tokens")),
+    )
 
 
 @dataclass
@@ -51,28 +78,107 @@ class Seen:
     """What one response told us about its usage."""
 
     model: str = ""
-    input_tokens: int = 0
-    output_tokens: int = 0
-    reported: bool = False
-    deltas: int = 0  # content chunks seen, for an estimate when a stream is cut short
+    tokens: Tokens = field(default_factory=Tokens)
+    reported: bool = False  # token usage arrived
+    seconds: float = 0.0  # audio duration an answer reported (transcriptions)
+    deltas: int = 0  # content chunks relayed, for an estimate when a stream is cut short
+    status: str = ""  # a Responses object's status
+    response_id: str = ""
+    tool_calls: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def input_tokens(self) -> int:
+        return self.tokens.input
+
+    @property
+    def output_tokens(self) -> int:
+        return self.tokens.output
 
     def take(self, data: dict[str, Any]) -> None:
         usage = data.get("usage")
         if usage is None and isinstance(data.get("response"), dict):
-            # Responses API streams: response.completed carries response.usage.
-            usage = data["response"].get("usage")
+            # Responses API streams: response.completed / incomplete / failed carry
+            # response.usage (and the created event a null one).
             data = data["response"]
-        if isinstance(usage, dict):
-            self.input_tokens, self.output_tokens = tokens_of(usage)
-            self.reported = True
+            usage = data.get("usage")
+        self.take_usage(usage)
+        if isinstance(data.get("duration"), (int, float)) and not self.seconds:
+            self.seconds = max(0.0, float(data["duration"]))  # verbose_json transcriptions
         model = data.get("model")
         if isinstance(model, str) and model:
-            self.model = model
+            self.model = model[:100]
+        if data.get("object") == "response":
+            if isinstance(data.get("id"), str):
+                self.response_id = data["id"][:100]
+            if isinstance(data.get("status"), str):
+                self.status = data["status"]
+            output = data.get("output")
+            if isinstance(output, list):
+                counts: dict[str, int] = {}
+                for item in output:
+                    kind = item.get("type") if isinstance(item, dict) else None
+                    if isinstance(kind, str) and kind.endswith("_call"):
+                        counts[kind] = counts.get(kind, 0) + 1
+                self.tool_calls = counts
+
+    def take_usage(self, usage: Any) -> None:
+        if not isinstance(usage, dict):
+            return
+        if usage.get("type") == "duration":  # transcriptions billed by the second
+            seconds = usage.get("seconds")
+            if isinstance(seconds, (int, float)) and not isinstance(seconds, bool):
+                self.seconds = max(0.0, float(seconds))
+            return
+        self.tokens = tokens_of(usage)
+        self.reported = True
+
+
+class Tail:
+    """The first and last bytes of an answer of any size: usage is read from its end (where
+    every OpenAI object puts it) and the model and id from its start, never skipped for size
+    and never holding more than ``HEAD + TAIL`` bytes."""
+
+    HEAD = 16 * 1024
+    TAIL = 256 * 1024
+
+    def __init__(self) -> None:
+        self.head = b""
+        self.chunks: list[bytes] = []
+        self.kept = 0
+        self.size = 0
+
+    def add(self, chunk: bytes) -> None:
+        self.size += len(chunk)
+        if len(self.head) < self.HEAD:
+            self.head += chunk[: self.HEAD - len(self.head)]
+        self.chunks.append(chunk)
+        self.kept += len(chunk)
+        while self.kept - len(self.chunks[0]) >= self.TAIL:
+            self.kept -= len(self.chunks.pop(0))
+
+    def read(self, seen: Seen) -> None:
+        tail = b"".join(self.chunks)
+        if self.size == len(tail):  # the whole answer
+            json_usage(tail, seen)
+            return
+        # The last usage key: the top-level usage ends every OpenAI object, and text in a
+        # string cannot fake the key (its quotes are escaped there).
+        found = None
+        for found in USAGE_OBJECT.finditer(tail):  # noqa: B007
+            continue
+        if found is not None:
+            try:
+                usage, _ = DECODER.raw_decode(tail[found.end() - 1 :].decode("utf-8", "replace"))
+            except ValueError:
+                usage = None
+            seen.take_usage(usage)
+        if not seen.model and (model := MODEL_FIELD.search(self.head)):
+            seen.model = model.group(1).decode("ascii", "replace")[:100]
 
 
 def json_usage(body: bytes, seen: Seen) -> None:
-    if not USAGE_OBJECT.search(body):
-        return
+    if b'"usage"' not in body and b'"duration"' not in body:
+        return  # nothing to read (a background response's is "usage": null, still read)
     try:
         data = json.loads(body)
     except (ValueError, UnicodeDecodeError):
@@ -82,7 +188,8 @@ def json_usage(body: bytes, seen: Seen) -> None:
 
 
 def event_usage(event: bytes, seen: Seen) -> bool:
-    """Read one SSE event; True when it is the usage-only chunk of a chat stream."""
+    """Read one SSE event; True when it is the usage-only chunk of a chat or completions
+    stream (the one keybroker may have asked for)."""
     if b'"delta"' in event:
         seen.deltas += 1
     if not USAGE_OBJECT.search(event):
@@ -95,7 +202,7 @@ def event_usage(event: bytes, seen: Seen) -> bool:
                 return False
             if isinstance(data, dict):
                 seen.take(data)
-                return data.get("choices") == [] and data.get("object") == "chat.completion.chunk"
+                return data.get("choices") == [] and data.get("object") in USAGE_CHUNKS
     return False
 
 
@@ -110,15 +217,15 @@ class Finished(NamedTuple):
     status: int
     input_tokens: int
     output_tokens: int
+    cost_microusd: int
     latency_ms: int
-    interrupted: bool
+    interrupted: bool  # cut, timed out or failed mid-way: its cost is an estimate
     at: datetime
+    unknown_model: bool = False
 
 
 class Recorder:
-    def __init__(self, engine: Engine, limits: Limits, prices: PriceTable) -> None:
-        self.limits = limits
-        self.prices = prices
+    def __init__(self, engine: Engine) -> None:
         self.writer = WriterProcess(engine.url.render_as_string(hide_password=False))
         # A plain list and two events rather than an asyncio.Queue: appending is all the hot
         # path does; the writer takes everything gathered at once.
@@ -147,9 +254,6 @@ class Recorder:
         await self._idle.wait()
 
     async def record(self, done: Finished) -> None:
-        cost = self.prices.cost(done.model, done.input_tokens, done.output_tokens)
-        if cost.microusd:
-            await self.limits.add_spent(done.grant_id, month_of(done.at), cost.microusd)
         # A NamedTuple: cheap to build here, and a plain JSON array on the way to the writer.
         self._rows.append(
             UsageRow(
@@ -162,9 +266,9 @@ class Recorder:
                 status=done.status,
                 input_tokens=done.input_tokens,
                 output_tokens=done.output_tokens,
-                cost_microusd=cost.microusd,
+                cost_microusd=done.cost_microusd,
                 latency_ms=done.latency_ms,
-                unknown_model=not cost.known and bool(done.model),
+                unknown_model=done.unknown_model,
                 interrupted=done.interrupted,
             )
         )

@@ -17,6 +17,7 @@ from keybroker.auth.sessions import SignedIn
 from keybroker.context import Context, get_context
 from keybroker.grants import ChoiceError, GrantNotFoundError
 from keybroker.provider_keys import PrfProof, VaultLockedError
+from keybroker.proxy.limits import LimitsUnavailable
 from keybroker.proxy.ownership import counts_of
 from keybroker.web.confirm import (
     CONFIRMATION_ERRORS,
@@ -48,6 +49,13 @@ async def settings_page(request: Request) -> Response:
     slots = await run_in_threadpool(provider_keys.slotted_passkeys, ctx.engine, user_id)
     charts = {g.id: reports.spend_chart(days.get(g.id, [])) for g in all_grants if g.live}
     objects = await run_in_threadpool(counts_of, ctx.engine, user_id)
+    reserved: dict[str, int | None] = {}
+    for g in all_grants:
+        if g.live:
+            try:
+                reserved[g.id] = (await ctx.proxy.spend.state(g))[1]
+            except LimitsUnavailable:
+                reserved[g.id] = None  # shown as unknown; the page still works
     return render(
         request,
         "settings.html",
@@ -58,6 +66,7 @@ async def settings_page(request: Request) -> Response:
         empty=reports.Totals(),
         charts=charts,
         objects=objects,
+        reserved=reserved,
         passkeys=keys,
         stored_key=stored,
         activity=activity,
