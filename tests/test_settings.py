@@ -133,3 +133,49 @@ def test_a_configured_public_url_does_not_follow_the_port(tmp_path: Path) -> Non
         env_file=None,
     )
     assert production.served_at("0.0.0.0", 9000).public_url == "https://broker.example"
+    ("env", "refused"),
+    [
+        ({"HTTPS_PROXY": "http://proxy:3128"}, True),
+        ({"https_proxy": "http://proxy:3128"}, True),
+        ({"ALL_PROXY": "http://proxy:3128"}, True),
+        ({"HTTP_PROXY": "http://proxy:3128"}, False),  # the upstream is https
+        ({"HTTPS_PROXY": "http://proxy:3128", "NO_PROXY": "openai.com"}, False),
+        ({"HTTPS_PROXY": "http://proxy:3128", "no_proxy": "*"}, False),
+        ({"HTTPS_PROXY": "http://proxy:3128", "KEYBROKER_UPSTREAM_CLIENT": "aiohttp"}, False),
+    ],
+)
+def test_a_proxy_setting_the_upstream_client_cannot_honour_stops_the_start(
+    tmp_path: Path, env: dict[str, str], refused: bool
+) -> None:
+    environ = {"KEYBROKER_DATA_DIR": str(tmp_path), **env}
+    if refused:
+        with pytest.raises(SettingsError, match="KEYBROKER_UPSTREAM_CLIENT=aiohttp"):
+            load_settings(environ, env_file=None)
+    else:
+        load_settings(environ, env_file=None)
+
+
+def test_upstream_and_server_limits_are_settings(tmp_path: Path) -> None:
+    settings = load_settings(
+        {
+            "KEYBROKER_DATA_DIR": str(tmp_path),
+            "KEYBROKER_UPSTREAM_CONNECT_TIMEOUT": "2.5",
+            "KEYBROKER_UPSTREAM_MAX_CONNECTIONS": "7",
+            "KEYBROKER_UPSTREAM_POOL_TIMEOUT": "3",
+            "KEYBROKER_UPSTREAM_GZIP_LIMIT": "1000",
+            "KEYBROKER_HEADER_TIMEOUT": "4",
+            "KEYBROKER_SERVER_PROTOCOL": "stock",
+        },
+        env_file=None,
+    )
+    assert settings.upstream_connect_timeout == 2.5
+    assert settings.upstream_max_connections == 7
+    assert settings.upstream_pool_timeout == 3
+    assert settings.upstream_gzip_limit == 1000
+    assert settings.header_timeout == 4
+    assert settings.server_protocol == "stock"
+    with pytest.raises(SettingsError, match="KEYBROKER_SERVER_PROTOCOL"):
+        load_settings(
+            {"KEYBROKER_DATA_DIR": str(tmp_path), "KEYBROKER_SERVER_PROTOCOL": "fastest"},
+            env_file=None,
+        )

@@ -91,7 +91,7 @@ def build_context(settings: Settings) -> Context:
         grants=cache,
         spend=Spend(limits, PriceTable.load(settings.pricing_file), engine),
         recorder=Recorder(engine),
-        upstream=Upstream(settings.upstream_url, settings.upstream_timeout),
+        upstream=Upstream.from_settings(settings),
     )
     return Context(
         settings=settings,

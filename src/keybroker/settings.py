@@ -11,6 +11,7 @@ import base64
 import logging
 import os
 import secrets
+import urllib.request
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -29,6 +30,8 @@ SECRET_NAMES = ("KEYBROKER_SECRET_KEY", "KEYBROKER_MASTER_KEYS", "KEYBROKER_REDI
 # public URL's host and must be a valid domain, never an IP address (W3C WebAuthn §5.1.3
 # step 7), and http://localhost is a secure context (W3C Secure Contexts §3.2).
 LOCAL_HOSTS = frozenset({"127.0.0.1", "::1", "0.0.0.0", "::", "localhost", ""})  # noqa: S104
+UPSTREAM_CLIENTS = ("http1", "aiohttp")
+SERVER_PROTOCOLS = ("fast", "stock")
 
 
 class SettingsError(Exception):
@@ -46,6 +49,13 @@ class Settings:
     upstream_url: str
     redis_url: str | None = field(default=None, repr=False)
     upstream_timeout: float = 30.0
+    upstream_connect_timeout: float = 10.0
+    upstream_max_connections: int = 100
+    upstream_pool_timeout: float = 10.0
+    upstream_gzip_limit: int = 16 * 1024 * 1024
+    upstream_client: str = "http1"
+    server_protocol: str = "fast"
+    header_timeout: float = 10.0
     validation_timeout: float = 10.0
     generated_secrets: bool = False
     pricing_file: Path | None = None
@@ -169,6 +179,20 @@ def load_settings(
 
     KeyRing.parse(master_keys)
     database_url = get("KEYBROKER_DATABASE_URL") or f"sqlite:///{data_dir / 'keybroker.db'}"
+    upstream_url = (get("KEYBROKER_UPSTREAM_URL") or DEFAULT_UPSTREAM_URL).rstrip("/")
+    upstream_client = (get("KEYBROKER_UPSTREAM_CLIENT") or "http1").lower()
+    if upstream_client not in UPSTREAM_CLIENTS:
+        raise SettingsError(f"KEYBROKER_UPSTREAM_CLIENT must be one of {UPSTREAM_CLIENTS}")
+    server_protocol = (get("KEYBROKER_SERVER_PROTOCOL") or "fast").lower()
+    if server_protocol not in SERVER_PROTOCOLS:
+        raise SettingsError(f"KEYBROKER_SERVER_PROTOCOL must be one of {SERVER_PROTOCOLS}")
+    proxy = upstream_proxy(upstream_url, source)
+    if proxy is not None and upstream_client == "http1":
+        raise SettingsError(
+            f"{proxy} is set, and keybroker's own upstream client (KEYBROKER_UPSTREAM_CLIENT="
+            "http1) does not go through proxies. Set KEYBROKER_UPSTREAM_CLIENT=aiohttp to reach "
+            f"the upstream through it, or add {urlsplit(upstream_url).hostname} to NO_PROXY."
+        )
     return Settings(
         env=env,
         public_url=public_url,
@@ -176,9 +200,16 @@ def load_settings(
         database_url=database_url,
         master_keys=master_keys,
         secret_key=secret_key,
-        upstream_url=(get("KEYBROKER_UPSTREAM_URL") or DEFAULT_UPSTREAM_URL).rstrip("/"),
+        upstream_url=upstream_url,
         redis_url=get("KEYBROKER_REDIS_URL"),
         upstream_timeout=float(get("KEYBROKER_UPSTREAM_TIMEOUT") or 30.0),
+        upstream_connect_timeout=float(get("KEYBROKER_UPSTREAM_CONNECT_TIMEOUT") or 10.0),
+        upstream_max_connections=int(get("KEYBROKER_UPSTREAM_MAX_CONNECTIONS") or 100),
+        upstream_pool_timeout=float(get("KEYBROKER_UPSTREAM_POOL_TIMEOUT") or 10.0),
+        upstream_gzip_limit=int(get("KEYBROKER_UPSTREAM_GZIP_LIMIT") or 16 * 1024 * 1024),
+        upstream_client=upstream_client,
+        server_protocol=server_protocol,
+        header_timeout=float(get("KEYBROKER_HEADER_TIMEOUT") or 10.0),
         validation_timeout=float(get("KEYBROKER_VALIDATION_TIMEOUT") or 10.0),
         generated_secrets=generated,
         pricing_file=Path(p) if (p := get("KEYBROKER_PRICING_FILE")) else None,
@@ -186,6 +217,25 @@ def load_settings(
         abuse_limit_scale=float(get("KEYBROKER_ABUSE_LIMIT_SCALE") or 1.0),
         public_url_set=get("KEYBROKER_PUBLIC_URL") is not None,
     )
+
+
+def upstream_proxy(url: str, environ: Mapping[str, str]) -> str | None:
+    """The proxy variable that applies to ``url`` (HTTPS_PROXY for https, HTTP_PROXY for http,
+    or ALL_PROXY; lower-case spellings first, as curl reads them), unless NO_PROXY exempts
+    its host; None when no proxy applies."""
+    scheme = urlsplit(url).scheme
+    host = urlsplit(url).hostname or ""
+    lowered = {k.lower(): v for k, v in environ.items() if v and k.lower() == k}
+    upper = {k.lower(): v for k, v in environ.items() if v and k.upper() == k}
+    found = {**upper, **lowered}
+    no_proxy = found.get("no_proxy", "")
+    bypass = urllib.request.proxy_bypass_environment  # type: ignore[attr-defined]
+    if no_proxy and bypass(host, {"no": no_proxy}):
+        return None
+    for name in (f"{scheme}_proxy", "all_proxy"):
+        if found.get(name):
+            return name.upper()
+    return None
 
 
 def mask_url(url: str) -> str:

@@ -4,9 +4,13 @@ streaming, timeouts and the failures a real upstream can produce."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime
 import gzip
+import socket
 import ssl
+import threading
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -20,6 +24,8 @@ from cryptography.x509.oid import NameOID
 
 from keybroker.proxy.http1 import (
     HIGH_WATER,
+    INFLATE_STEP,
+    PoolTimeout,
     UpstreamPool,
     UpstreamProtocolError,
     UpstreamResponse,
@@ -723,3 +729,210 @@ def test_https_verifies_the_certificate_and_sends_sni(run: Run, tmp_path: Path) 
 
     run(scenario())
     assert hosts[0].startswith(b"host: localhost:")
+
+
+def test_an_idle_connection_with_unread_bytes_is_not_reused(run: Run) -> None:
+    # The forged answer arrives while the loop is busy, so data_received has not seen it when
+    # the next request takes the connection: the socket itself is asked before reuse. The
+    # server is a thread, so that it writes while this loop is blocked.
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    accepted: list[socket.socket] = []
+
+    def serve() -> None:
+        while len(accepted) < 2:
+            conn, _ = listener.accept()
+            accepted.append(conn)
+            with contextlib.suppress(OSError):
+                while conn.recv(65536).endswith(b"\r\n\r\n"):
+                    conn.sendall(OK)
+                    if len(accepted) == 1:
+                        time.sleep(0.05)
+                        conn.sendall(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nspoof")
+                        break
+
+    server = threading.Thread(target=serve)
+    server.start()
+
+    async def scenario() -> None:
+        pool = UpstreamPool(f"http://127.0.0.1:{port}/v1", read_timeout=5)
+        response = await pool.request("GET", b"/models", [], None)
+        assert await body_of(response) == b"{}"
+        response.release()
+        time.sleep(0.3)  # blocks the loop: the spoof lands unread
+        response = await pool.request("GET", b"/models", [], None)
+        assert await body_of(response) == b"{}"
+        response.release()
+        pool.close()
+
+    try:
+        run(scenario())
+        assert len(accepted) == 2  # a fresh connection for the second request
+    finally:
+        server.join(5)
+        for conn in accepted:
+            conn.close()
+        listener.close()
+
+
+def test_the_pool_holds_at_most_its_cap_and_hands_connections_to_waiters(run: Run) -> None:
+    open_now = most = 0
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal open_now, most
+        open_now += 1
+        most = max(most, open_now)
+        try:
+            while True:
+                await read_request(reader)
+                await asyncio.sleep(0.02)
+                writer.write(OK)
+                await writer.drain()
+        finally:
+            open_now -= 1
+
+    async def one(pool: UpstreamPool) -> bytes:
+        response = await pool.request("GET", b"/models", [], None)
+        body = await body_of(response)
+        response.release()
+        return body
+
+    async def scenario() -> None:
+        async with Scripted(handler) as server:
+            pool = UpstreamPool(server.url, read_timeout=5, max_connections=3, pool_timeout=5)
+            bodies = await asyncio.gather(*(one(pool) for _ in range(60)))
+            assert bodies == [b"{}"] * 60
+            assert server.connections == 3
+            assert most <= 3
+            assert pool.open_connections <= 3
+            pool.close()
+
+    run(scenario())
+
+
+def test_a_request_over_the_cap_waits_for_the_pool_timeout_then_fails(run: Run) -> None:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        await asyncio.sleep(1)
+        writer.write(OK)
+        await writer.drain()
+
+    async def scenario() -> None:
+        async with Scripted(handler) as server:
+            pool = UpstreamPool(server.url, read_timeout=5, max_connections=2, pool_timeout=0.2)
+            busy = [asyncio.ensure_future(pool.request("GET", b"/a", [], None)) for _ in range(2)]
+            await asyncio.sleep(0.05)
+            started = time.monotonic()
+            with pytest.raises(PoolTimeout):
+                await pool.request("GET", b"/models", [], None)
+            assert time.monotonic() - started >= 0.2
+            assert pool.open_connections == 2
+            for response in await asyncio.gather(*busy):
+                assert await body_of(response) == b"{}"
+                response.release()
+            # Free again: the next request gets a connection at once.
+            response = await pool.request("GET", b"/models", [], None)
+            assert response.status == 200
+            response.close()
+            pool.close()
+
+    run(scenario())
+
+
+def test_an_upstream_that_stops_reading_the_request_hits_the_write_timeout(run: Run) -> None:
+    stop = asyncio.Event()
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await stop.wait()  # never reads
+
+    async def scenario() -> None:
+        async with Scripted(handler) as server:
+            pool = UpstreamPool(server.url, read_timeout=5, write_timeout=0.3)
+            started = time.monotonic()
+            with pytest.raises(TimeoutError):
+                await pool.request("POST", b"/files", [], b"x" * (64 * 1024 * 1024))
+            assert time.monotonic() - started < 3
+            stop.set()
+            pool.close()
+
+    run(scenario())
+
+
+def head_of(size: int) -> bytes:
+    """An answer head of exactly ``size`` bytes, ending with its blank line."""
+    start = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nx-pad: "
+    return start + b"p" * (size - len(start) - 4) + b"\r\n\r\n"
+
+
+@pytest.mark.parametrize(
+    ("answer", "accepted"),
+    [
+        (head_of(64 * 1024) + b"{}", True),  # at the limit, its body in the same read
+        (head_of(64 * 1024 + 1) + b"{}", False),
+        (
+            b"HTTP/1.1 100 Continue\r\nx-pad: "
+            + b"p" * 60000
+            + b"\r\n\r\n"
+            + head_of(60000)
+            + b"{}",
+            True,  # each head on its own
+        ),
+        (OK.replace(b"\r\n\r\n", b"\r\n" + b"x-n: 1\r\n" * 98 + b"\r\n"), True),  # 100 fields
+        (OK.replace(b"\r\n\r\n", b"\r\n" + b"x-n: 1\r\n" * 99 + b"\r\n"), False),
+        (b"HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\n\r\nxx", False),
+        (
+            b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n2\r\n{}\r\n0\r\nx-t: "
+            + b"t" * 2_000_000
+            + b"\r\n\r\n",
+            False,  # trailers are bounded too (within one read of slack)
+        ),
+    ],
+    ids=["64k-head", "64k+1-head", "interim", "100-fields", "101-fields", "101", "trailers"],
+)
+def test_heads_are_bounded_and_upgrades_refused(run: Run, answer: bytes, accepted: bool) -> None:
+    async def scenario() -> None:
+        async with Scripted(answers(answer)) as server:
+            pool = UpstreamPool(server.url, read_timeout=5)
+            if accepted:
+                response = await pool.request("GET", b"/models", [], None)
+                assert await body_of(response) == b"{}"
+                response.release()
+            else:
+                with pytest.raises(UpstreamProtocolError):
+                    await body_of(await pool.request("GET", b"/models", [], None))
+            pool.close()
+
+    run(scenario())
+
+
+def test_a_gzip_bomb_is_inflated_a_step_at_a_time_and_bounded(run: Run) -> None:
+    bomb = gzip.compress(b"\0" * (64 * 1024 * 1024), 9)
+
+    def coded(kind: bytes) -> Handler:
+        return answers(
+            b"HTTP/1.1 200 OK\r\ncontent-type: " + kind + b"\r\ncontent-encoding: gzip\r\n"
+            b"content-length: %d\r\n\r\n" % len(bomb) + bomb
+        )
+
+    async def scenario() -> None:
+        async with Scripted(coded(b"application/json")) as server:
+            pool = UpstreamPool(server.url, read_timeout=5, gzip_limit=16 * 1024 * 1024)
+            response = await pool.request("GET", b"/models", [], None)
+            await asyncio.sleep(0.2)  # all of it has arrived; little has been inflated
+            assert response.buffered <= HIGH_WATER + INFLATE_STEP
+            with pytest.raises(UpstreamProtocolError, match="inflates too far"):
+                await body_of(response)
+            pool.close()
+        # A stream is not held whole: it passes under flow control, whatever it inflates to.
+        async with Scripted(coded(b"text/event-stream")) as server:
+            pool = UpstreamPool(server.url, read_timeout=5, gzip_limit=16 * 1024 * 1024)
+            response = await pool.request("GET", b"/models", [], None)
+            total = 0
+            async for chunk in response.iter_chunks():
+                assert response.buffered <= HIGH_WATER + INFLATE_STEP
+                total += len(chunk)
+            assert total == 64 * 1024 * 1024
+            response.release()
+            pool.close()
+
+    run(scenario())

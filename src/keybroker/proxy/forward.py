@@ -30,7 +30,7 @@ from keybroker.proxy import batch_input, errors, listing, ownership, policy, sco
 from keybroker.proxy.bodies import TooLarge, add_include_usage, read_request
 from keybroker.proxy.cache import GrantCache
 from keybroker.proxy.framing import FramingError, body_type, multipart_parts
-from keybroker.proxy.http1 import UpstreamResponse
+from keybroker.proxy.http1 import PoolTimeout, UpstreamProtocolError
 from keybroker.proxy.limits import LimitsUnavailable, Reservation
 from keybroker.proxy.paths import UnsafePathError, api_path
 from keybroker.proxy.policy import Decision, Refused
@@ -44,7 +44,12 @@ from keybroker.proxy.spend import (
     route_kind,
 )
 from keybroker.proxy.stats import ProxyMetrics
-from keybroker.proxy.upstream import Upstream, response_headers, upstream_request_headers
+from keybroker.proxy.upstream import (
+    Upstream,
+    UpstreamAnswer,
+    response_headers,
+    upstream_request_headers,
+)
 from keybroker.proxy.usage import Finished, Recorder, Seen, Tail, event_usage, json_usage
 
 logger = logging.getLogger("keybroker.proxy")
@@ -436,6 +441,10 @@ class ProxyApp:
         watcher: asyncio.Task[None] | None = None
         try:
             response = await self.upstream.pool.request(method, target, up_headers, prepared.body)
+        except PoolTimeout as exc:  # never sent: nothing to charge
+            await self.spend.settle(grant, plan, reservation, NOTHING, seen)
+            await send_upstream_error(send, exc, cors)
+            return
         except TimeoutError:
             # Sent, unanswered: charged its estimate, as the upstream may bill it.
             await self._settle(
@@ -461,25 +470,15 @@ class ProxyApp:
                 headers=cors,
             )
             return
-        except OSError as exc:
-            # The class and errno text only: never the request, whose headers carry the key.
-            logger.warning(
-                "upstream request failed: %s: %s", type(exc).__name__, exc.strerror or ""
-            )
+        except OSError as exc:  # unreachable, or an answer refused (UpstreamProtocolError)
             await self.spend.settle(grant, plan, reservation, NOTHING, seen)
-            await errors.send_error(
-                send,
-                502,
-                "The OpenAI API could not be reached.",
-                "upstream_error",
-                "upstream_unreachable",
-                headers=cors,
-            )
+            await send_upstream_error(send, exc, cors)
             return
+        streamed = response.content_type.startswith("text/event-stream")
+        held: bytes | None = None
         try:
             status = response.status
             content_type = response.content_type
-            streamed = content_type.startswith("text/event-stream")
             length = response.content_length
             headers = [*response_headers(response), *cors]
             if status >= 400:
@@ -497,6 +496,16 @@ class ProxyApp:
             if recording is not None and not streamed:
                 await self._relay_recorded(response, send, status, headers, seen, grant, decision)
                 return
+            if response.decoded and not streamed:
+                # A whole gzip answer is inflated (within the client's bound) before its head
+                # goes out, so one that inflates too far is still a clean 502, not a cut 200.
+                try:
+                    held = b"".join([chunk async for chunk in response.iter_chunks()])
+                except OSError as exc:
+                    status = 502
+                    await send_upstream_error(send, exc, cors)
+                    return
+                length = len(held)
             if not streamed and length is not None and status not in (204, 304):
                 # Relayed unchanged, so the upstream's length holds: the app's client knows
                 # where the answer ends without chunked framing (RFC 9112 §6.3).
@@ -508,7 +517,11 @@ class ProxyApp:
                 # Started after the head, whose send is held to the end of this turn, so that
                 # the watcher's first step runs after that send, not before it.
                 watcher = asyncio.create_task(_watch_disconnect(receive, response))
-            if streamed:
+            if held is not None:
+                await send({"type": "http.response.body", "body": held, "more_body": True})
+                if "json" in content_type and len(held) < USAGE_SCAN_LIMIT:
+                    json_usage(held, seen)
+            elif streamed:
                 events = EventSplitter(
                     seen, prepared.strip_usage_chunk, decision if recording else None
                 )
@@ -574,7 +587,7 @@ class ProxyApp:
 
     async def _relay_error(
         self,
-        response: UpstreamResponse,
+        response: UpstreamAnswer,
         send: Send,
         status: int,
         headers: list[tuple[bytes, bytes]],
@@ -606,7 +619,7 @@ class ProxyApp:
 
     async def _relay_recorded(
         self,
-        response: UpstreamResponse,
+        response: UpstreamAnswer,
         send: Send,
         status: int,
         headers: list[tuple[bytes, bytes]],
@@ -710,7 +723,7 @@ class ProxyApp:
         await send({"type": "http.response.body", "body": body})
 
     async def _relay_body(
-        self, response: UpstreamResponse, send: Send, seen: Seen, scan: bool
+        self, response: UpstreamAnswer, send: Send, seen: Seen, scan: bool
     ) -> None:
         tail = Tail() if scan else None
         async for chunk in response.iter_chunks():
@@ -722,7 +735,7 @@ class ProxyApp:
 
     async def _relay_events(
         self,
-        response: UpstreamResponse,
+        response: UpstreamAnswer,
         send: Send,
         send_now: extension.SendNow | None,
         events: EventSplitter,
@@ -800,7 +813,63 @@ async def send_refusal(send: Send, refused: Refused, cors: list[tuple[bytes, byt
     )
 
 
-async def _watch_disconnect(receive: Receive, response: UpstreamResponse) -> None:
+async def send_upstream_error(
+    send: Send, exc: BaseException, cors: list[tuple[bytes, bytes]]
+) -> None:
+    """The answer for a request the upstream client could not complete (DESIGN.md statuses)."""
+    if isinstance(exc, PoolTimeout):
+        await errors.send_error(
+            send,
+            503,
+            "keybroker's connections to the OpenAI API are all busy. Retry in a few seconds.",
+            "server_error",
+            "upstream_busy",
+            headers=[*cors, (b"retry-after", b"1")],
+        )
+    elif isinstance(exc, TimeoutError):
+        await errors.send_error(
+            send,
+            504,
+            "The OpenAI API did not answer in time.",
+            "upstream_error",
+            "upstream_timeout",
+            headers=cors,
+        )
+    elif isinstance(exc, ValueError):
+        await errors.send_error(
+            send,
+            400,
+            "The request has a header or query this proxy cannot pass on.",
+            "invalid_request_error",
+            "invalid_request",
+            headers=cors,
+        )
+    elif isinstance(exc, UpstreamProtocolError):
+        # Our own description of what was refused: no byte of the request is in it.
+        logger.warning("upstream answer refused: %s", exc)
+        await errors.send_error(
+            send,
+            502,
+            "The OpenAI API sent an answer keybroker cannot relay.",
+            "upstream_error",
+            "upstream_bad_answer",
+            headers=cors,
+        )
+    else:
+        # The class and errno text only: never the request, whose headers carry the key.
+        strerror = exc.strerror if isinstance(exc, OSError) else None
+        logger.warning("upstream request failed: %s: %s", type(exc).__name__, strerror or "")
+        await errors.send_error(
+            send,
+            502,
+            "The OpenAI API could not be reached.",
+            "upstream_error",
+            "upstream_unreachable",
+            headers=cors,
+        )
+
+
+async def _watch_disconnect(receive: Receive, response: UpstreamAnswer) -> None:
     while True:
         message: Message = await receive()
         if message["type"] == "http.disconnect":

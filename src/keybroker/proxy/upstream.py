@@ -1,8 +1,57 @@
-"""The upstream on the hot path: which headers cross, and the one pooled client (http1)."""
+"""The upstream on the hot path: which headers cross, and the pooled client behind one small
+interface (UpstreamClient): keybroker's own on httptools (http1, the default) or one backed by
+aiohttp (aiohttp_client), chosen by KEYBROKER_UPSTREAM_CLIENT."""
 
 from __future__ import annotations
 
-from keybroker.proxy.http1 import UpstreamPool, UpstreamResponse
+from collections.abc import AsyncIterator, Callable
+from typing import Protocol
+
+from keybroker.proxy.http1 import UpstreamPool
+from keybroker.settings import Settings
+
+
+class UpstreamAnswer(Protocol):
+    """One answer, read as it arrives; its body handed over decoded."""
+
+    status: int
+    raw_headers: list[tuple[bytes, bytes]]  # names lower-case
+    content_type: str
+    content_length: int | None  # None when decoded (gzip) or not declared
+    decoded: bool  # arrived gzip-coded
+
+    def relay_to(self, sink: Callable[[bytes], bool] | None) -> None:
+        """Hand chunks to ``sink`` as they arrive, where the client can (see http1)."""
+
+    def iter_chunks(self) -> AsyncIterator[bytes]: ...
+
+    @property
+    def at_eof(self) -> bool: ...
+
+    def close(self) -> None:
+        """Drop the connection: the upstream sees the request cancelled."""
+
+    def release(self) -> None:
+        """Give a fully read connection back to the pool; anything else is closed."""
+
+
+class UpstreamClient(Protocol):
+    async def request(
+        self,
+        method: str,
+        target: bytes,
+        headers: list[tuple[bytes, bytes]],
+        body: bytes | AsyncIterator[bytes] | None,
+    ) -> UpstreamAnswer:
+        """Send a request for ``target`` under the base URL; return once the head is in.
+
+        Raises http1.PoolTimeout (every connection busy for the pool timeout), TimeoutError,
+        ConnectionError (http1.UpstreamProtocolError: an answer refused), OSError, or
+        ValueError (a target or header that would split the request)."""
+        ...
+
+    async def aclose(self) -> None: ...
+
 
 # Request headers an app may send upstream; everything else (Authorization, cookies, Origin,
 # Referer, forwarding and hop-by-hop headers) stops here.
@@ -39,7 +88,7 @@ def upstream_request_headers(
     return out
 
 
-def response_headers(upstream: UpstreamResponse) -> list[tuple[bytes, bytes]]:
+def response_headers(upstream: UpstreamAnswer) -> list[tuple[bytes, bytes]]:
     # The raw bytes as received (names already lower-case): no str round trip per header.
     return [
         (name, value)
@@ -49,14 +98,53 @@ def response_headers(upstream: UpstreamResponse) -> list[tuple[bytes, bytes]]:
 
 
 class Upstream:
-    def __init__(self, base_url: str, read_timeout: float) -> None:
+    def __init__(
+        self,
+        base_url: str,
+        read_timeout: float,
+        *,
+        connect_timeout: float = 10.0,
+        max_connections: int = 100,
+        pool_timeout: float = 10.0,
+        gzip_limit: int = 16 * 1024 * 1024,
+        client: str = "http1",
+    ) -> None:
         self.base_url = base_url.rstrip("/")
         self.read_timeout = read_timeout
-        self.pool: UpstreamPool | None = None
+        self.connect_timeout = connect_timeout
+        self.max_connections = max_connections
+        self.pool_timeout = pool_timeout
+        self.gzip_limit = gzip_limit
+        self.client = client
+        self.pool: UpstreamClient | None = None
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Upstream:
+        return cls(
+            settings.upstream_url,
+            settings.upstream_timeout,
+            connect_timeout=settings.upstream_connect_timeout,
+            max_connections=settings.upstream_max_connections,
+            pool_timeout=settings.upstream_pool_timeout,
+            gzip_limit=settings.upstream_gzip_limit,
+            client=settings.upstream_client,
+        )
 
     async def start(self) -> None:
-        self.pool = UpstreamPool(self.base_url, read_timeout=self.read_timeout)
+        make: Callable[..., UpstreamClient] = UpstreamPool
+        if self.client == "aiohttp":
+            from keybroker.proxy.aiohttp_client import AiohttpClient
+
+            make = AiohttpClient
+        self.pool = make(
+            self.base_url,
+            read_timeout=self.read_timeout,
+            connect_timeout=self.connect_timeout,
+            max_connections=self.max_connections,
+            pool_timeout=self.pool_timeout,
+            gzip_limit=self.gzip_limit,
+        )
 
     async def close(self) -> None:
         if self.pool is not None:
-            self.pool.close()
+            await self.pool.aclose()
