@@ -100,7 +100,12 @@ WRK_ARMS = ("direct", "keybroker", "floor")
 
 
 def start(tmp: Path) -> Arms:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("KEYBROKER_")}
+    # KEYBROKER_SERVER_PROTOCOL=stock benchmarks uvicorn's own protocol (docs/benchmarks.md).
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith("KEYBROKER_") or k == "KEYBROKER_SERVER_PROTOCOL"
+    }
     up_port, floor_port, kb_port = free_port(), free_port(), free_port()
     upstream = f"http://127.0.0.1:{up_port}/v1"
     procs = [

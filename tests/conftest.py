@@ -11,7 +11,7 @@ from sqlalchemy import create_engine, text
 from starlette.testclient import TestClient
 
 from keybroker.app import create_app
-from keybroker.server_protocol import JoinedWritesProtocol
+from keybroker.server_protocol import choose
 from keybroker.settings import Settings, load_settings
 from tests.live import Live
 from tests.net import require_service
@@ -111,7 +111,9 @@ def _live(data: Path, database_url: str, upstream: Upstream) -> Iterator[Live]:
         env_file=None,
     )
     app = create_app(settings)
-    server, url = serve_in_thread(app, lifespan="on", http=JoinedWritesProtocol)  # as `serve`
+    # The protocol `serve` would choose (the stock one when KEYBROKER_SERVER_PROTOCOL=stock).
+    protocol = choose(stock=os.environ.get("KEYBROKER_SERVER_PROTOCOL") == "stock")
+    server, url = serve_in_thread(app, lifespan="on", http=protocol)
     live = Live(url, app, upstream)
     yield live
     live.close()

@@ -76,7 +76,12 @@ def start_broker(
     data_dir = tmp / f"broker-{port}"
     data_dir.mkdir(parents=True, exist_ok=True)
     log_path = data_dir / "server.log"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("KEYBROKER_")}
+    # The server path CI chose (KEYBROKER_SERVER_PROTOCOL) holds for every broker started.
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith("KEYBROKER_") or k == "KEYBROKER_SERVER_PROTOCOL"
+    }
     if configured:
         env.update(
             {

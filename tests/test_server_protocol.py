@@ -3,15 +3,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import json
+import logging
 import socket
 import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from uvicorn.protocols.http.flow_control import FlowControl
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 
 from keybroker import send_now as extension
-from keybroker.server_protocol import JoinedWrites, JoinedWritesProtocol
+from keybroker import server_protocol
+from keybroker.server_protocol import GuardedProtocol, JoinedWrites, JoinedWritesProtocol
 from tests.upstream import serve_in_thread
 
 
@@ -142,9 +148,9 @@ def test_held_bytes_for_a_connection_closed_meanwhile_are_dropped() -> None:
 
 
 @contextlib.contextmanager
-def under_uvicorn(app: Any) -> Iterator[int]:
+def under_uvicorn(app: Any, http: type[GuardedProtocol] = JoinedWritesProtocol) -> Iterator[int]:
     """``app`` served as `keybroker serve` serves, in a thread; yields its port."""
-    server, _ = serve_in_thread(app, http=JoinedWritesProtocol)
+    server, _ = serve_in_thread(app, http=http)
     try:
         yield server.config.port
     finally:
@@ -284,3 +290,134 @@ def test_serving_an_answer_leaves_no_reference_cycle_behind() -> None:
         finally:
             gc.enable()
     assert left < 100  # with a cycle per request: 24 objects each
+
+
+def test_the_self_test_passes_on_this_uvicorn_for_both_protocols() -> None:
+    assert server_protocol.self_test(GuardedProtocol) is None
+    assert server_protocol.self_test(JoinedWritesProtocol) is None
+    assert server_protocol.choose(stock=False) is JoinedWritesProtocol
+    assert server_protocol.choose(stock=True) is GuardedProtocol
+
+
+def _send_that_waits(original: Any) -> Any:
+    async def send(self: Any, message: Any) -> None:
+        await asyncio.sleep(0)  # a release that added an await to send
+        await original(self, message)
+
+    return send
+
+
+@pytest.mark.parametrize(
+    ("target", "name", "replacement"),
+    [
+        (RequestResponseCycle, "send", _send_that_waits(RequestResponseCycle.send)),
+        (FlowControl, "pause_writing", lambda self: None),  # write_paused never set
+    ],
+    ids=["send-awaits", "flow-control"],
+)
+def test_a_changed_uvicorn_internal_falls_back_to_the_stock_protocol_with_one_warning(
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    target: type,
+    name: str,
+    replacement: Any,
+) -> None:
+    monkeypatch.setattr(target, name, replacement)
+    with caplog.at_level(logging.WARNING, logger="keybroker"):
+        assert server_protocol.choose(stock=False) is GuardedProtocol
+    warnings = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(warnings) == 1
+    assert "self-test" in warnings[0].getMessage()
+
+
+def test_without_the_request_limits_serve_refuses_to_start(monkeypatch: pytest.MonkeyPatch) -> None:
+    # As if uvicorn stopped calling on_header: no field would be counted.
+    monkeypatch.setattr(GuardedProtocol, "on_header", HttpToolsProtocol.on_header)
+    with pytest.raises(RuntimeError, match="request limits"):
+        server_protocol.choose(stock=True)
+
+
+def ok_app() -> Any:
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        body = b""
+        more = True
+        while more:
+            message = await receive()
+            body += message.get("body", b"")
+            more = message.get("more_body", False)
+        head = [(b"content-type", b"text/plain"), (b"content-length", b"%d" % len(body))]
+        await send({"type": "http.response.start", "status": 200, "headers": head})
+        await send({"type": "http.response.body", "body": body})
+
+    return app
+
+
+def read_to_end(sock: socket.socket) -> bytes:
+    seen = b""
+    while chunk := sock.recv(1 << 20):
+        seen += chunk
+    return seen
+
+
+def request_with(extra: bytes, body: bytes = b"") -> bytes:
+    return (
+        b"POST / HTTP/1.1\r\nhost: x\r\n"
+        + extra
+        + b"content-length: %d\r\n" % len(body)
+        + b"connection: close\r\n\r\n"
+        + body
+    )
+
+
+@pytest.mark.parametrize("http", [GuardedProtocol, JoinedWritesProtocol])
+@pytest.mark.parametrize(
+    ("extra", "refused"),
+    [
+        (b"x-n: 1\r\n" * 97, False),  # 100 fields with host, length and connection
+        (b"x-n: 1\r\n" * 98, True),
+        (b"x-pad: " + b"p" * (65536 - 200) + b"\r\n", False),
+        (b"x-pad: " + b"p" * 65536 + b"\r\n", True),
+    ],
+    ids=["100-fields", "101-fields", "under-64k", "over-64k"],
+)
+def test_request_heads_are_bounded_with_a_431_and_a_close(
+    http: type[GuardedProtocol], extra: bytes, refused: bool
+) -> None:
+    body = b"b" * 200_000  # sent with the head: a body is not head
+    with (
+        under_uvicorn(ok_app(), http) as port,
+        socket.create_connection(("127.0.0.1", port), 10) as sock,
+    ):
+        sock.sendall(request_with(extra, body))
+        seen = read_to_end(sock)
+    if refused:
+        assert seen.startswith(b"HTTP/1.1 431 "), seen[:100]
+        head, _, answer = seen.partition(b"\r\n\r\n")
+        assert b"connection: close" in head
+        assert json.loads(answer)["error"]["code"] == "request_header_fields_too_large"
+    else:
+        assert seen.startswith(b"HTTP/1.1 200 "), seen[:100]
+        assert seen.endswith(body)
+
+
+@pytest.mark.parametrize("http", [GuardedProtocol, JoinedWritesProtocol])
+def test_a_head_that_trickles_in_times_out(
+    http: type[GuardedProtocol], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(GuardedProtocol, "header_timeout", 0.5)
+    with under_uvicorn(ok_app(), http) as port:
+        with socket.create_connection(("127.0.0.1", port), 5) as sock:
+            started = time.monotonic()
+            sock.sendall(b"GET / HTTP/1.1\r\n")
+            for _ in range(3):  # a byte now and then does not reset the clock
+                time.sleep(0.2)
+                with contextlib.suppress(OSError):
+                    sock.sendall(b"x")
+            seen = read_to_end(sock)
+            assert seen.startswith(b"HTTP/1.1 408 ")
+            assert time.monotonic() - started < 3
+        with socket.create_connection(("127.0.0.1", port), 5) as sock:
+            assert read_to_end(sock) == b""  # a silent connection is closed too
+        with socket.create_connection(("127.0.0.1", port), 5) as sock:
+            sock.sendall(b"GET / HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+            assert read_to_end(sock).startswith(b"HTTP/1.1 200 ")

@@ -21,9 +21,12 @@ logger = logging.getLogger("keybroker")
 
 def app_factory() -> object:
     """uvicorn's factory for ``keybroker serve``: each worker reads the settings itself."""
+    from keybroker import server_protocol
     from keybroker.app import create_app
 
-    app = create_app(load_settings(), migrate=False)
+    settings = load_settings()
+    server_protocol.configure(settings.header_timeout)
+    app = create_app(settings, migrate=False)
     # A full collection walks the ~130,000 objects that imports and start-up leave behind and
     # stalls every request in flight for ~50 ms (docs/benchmarks.md). They live as long as the
     # process, so they go to the permanent generation, out of the collector's way.
@@ -37,7 +40,13 @@ def app_factory() -> object:
 
 
 def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
-    from keybroker.server_protocol import JoinedWritesProtocol  # uvicorn's HTTP stack: serve only
+    from keybroker import server_protocol  # uvicorn's HTTP stack: serve only
+
+    try:
+        protocol = server_protocol.choose(stock=settings.server_protocol == "stock")
+    except RuntimeError as exc:
+        print(f"keybroker: {exc}", file=sys.stderr)
+        return 2
 
     if args.workers > 1 and not settings.redis_url:
         print(
@@ -84,7 +93,7 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
         access_log=not args.no_access_log,
         log_level=args.log_level,
         server_header=False,
-        http=JoinedWritesProtocol,
+        http=protocol,
     )
     return 0
 

@@ -9,6 +9,7 @@ it was not for: every answer names the request it was for (its tag).
 from __future__ import annotations
 
 import concurrent.futures
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -196,6 +197,30 @@ def spoof_while_running(one: Callable[[str], tuple[str, int, str]], hostile: Hos
             assert status == 200, (tag, status)
             assert got == tag, f"{tag} got the answer for {got!r}"
     return spoofed
+
+
+def test_64_mb_of_request_headers_get_a_431_and_a_closed_connection(broker: LiveBroker) -> None:
+    peak = PeakRss(broker.process.pid)
+    with socket.create_connection(("127.0.0.1", broker.port), timeout=30) as sock:
+
+        def flood() -> None:
+            line = b"x-filler: " + b"a" * 4086 + b"\r\n"  # 4 KiB a line
+            try:
+                sock.sendall(b"GET /v1/models HTTP/1.1\r\nhost: x\r\n")
+                for _ in range(16 * 1024):  # 64 MiB
+                    sock.sendall(line)
+            except OSError:
+                pass  # the broker hung up, as it should
+
+        sender = threading.Thread(target=flood)
+        sender.start()
+        received = b""
+        while chunk := sock.recv(65536):
+            received += chunk
+        sender.join(60)
+    assert received.startswith(b"HTTP/1.1 431 "), received[:200]
+    assert b"connection: close" in received.lower()
+    assert peak.rise_mb() < 16, f"RSS rose {peak.rise_mb():.1f} MB"
 
 
 def test_a_request_over_the_connection_cap_waits_then_gets_a_503(tmp_path: Path) -> None:

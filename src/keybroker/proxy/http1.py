@@ -289,14 +289,14 @@ class UpstreamResponse:
         self.status = status
         self.keep_alive = keep_alive
         length: int | None = None
-        chunked = False
+        codings: list[bytes] = []
         for name, value in self.raw_headers:
             if name == b"content-type":
                 self.content_type = value.decode("latin-1")
             elif name == b"content-length" and value.isdigit():
                 length = int(value)
             elif name == b"transfer-encoding":
-                chunked = value.lower().endswith(b"chunked")
+                codings += [c.strip() for c in value.lower().split(b",")]
             elif name == b"content-encoding":
                 coding = value.strip().lower()
                 if coding == b"gzip":
@@ -304,6 +304,12 @@ class UpstreamResponse:
                 elif coding not in (b"", b"identity"):
                     self.fail(UpstreamProtocolError(f"unasked content coding {coding!r}"))
                     return
+        # Only chunked was asked for (RFC 9112 §7.4: no TE header was sent); any other
+        # transfer coding would be relayed still coded, and framing after it is ambiguous.
+        chunked = codings == [b"chunked"]
+        if codings and not chunked:
+            self.fail(UpstreamProtocolError(f"unasked transfer coding {b', '.join(codings)!r}"))
+            return
         self.decoded = self._decoder is not None
         self.content_length = None if self.decoded else length
         bodyless = self._method == "HEAD" or status in (204, 304)
