@@ -484,6 +484,12 @@ def main() -> None:
     parser.add_argument("--stream-runs", type=int, default=40, help="64-chunk streams per arm")
     parser.add_argument("--streams", type=int, default=1000, help="concurrent streams for RSS")
     parser.add_argument("--out", default=str(ROOT / "docs" / "benchmarks.md"))
+    parser.add_argument("--piece-rounds", type=int, default=3, help="A/B rounds (bench/pieces.py)")
+    parser.add_argument("--piece-seconds", type=int, default=4, help="per A/B wrk run")
+    parser.add_argument("--piece-streams", type=int, default=15, help="A/B streams per arm")
+    parser.add_argument(
+        "--pieces-only", action="store_true", help="only the A/B of the special pieces"
+    )
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         sys.exit("make bench needs wrk: apt-get install wrk")
@@ -491,7 +497,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         arms = start(Path(tmp))
         try:
-            report = run(arms, args, speed)
+            report = "" if args.pieces_only else run(arms, args, speed)
+            report += pieces_section(arms, args, Path(tmp))
         finally:
             for proc in arms.procs:
                 proc.terminate()
@@ -499,8 +506,27 @@ def main() -> None:
                 proc.wait(timeout=20)
             if arms.database:
                 drop_database(arms.database)
-    Path(args.out).write_text(report)
+    if not args.pieces_only:
+        Path(args.out).write_text(report)
     print(report)
+
+
+def pieces_section(arms: Arms, args: argparse.Namespace, tmp: Path) -> str:
+    """The interleaved A/B of each special piece (bench/pieces.py), on the same upstream."""
+    from bench import pieces
+
+    started = pieces.start_arms(tmp / "pieces", arms.direct, dict(os.environ))
+    try:
+        figures, base = pieces.measure(
+            started, arms.direct, args.piece_rounds, args.piece_seconds, args.piece_streams
+        )
+    finally:
+        for _, _, pid in started.values():
+            os.kill(pid, 15)
+        for _, _, pid in started.values():
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(pid, 0)
+    return "\n" + pieces.render(figures, base, args.piece_rounds, args.piece_streams)
 
 
 def run(arms: Arms, args: argparse.Namespace, speed: Speed) -> str:

@@ -152,3 +152,30 @@ def test_both_clients_cap_their_connections(kind: str) -> None:
             assert server.connections == 2
 
     asyncio.run(scenario())
+
+
+def test_both_clients_send_the_same_request_line_and_headers() -> None:
+    seen: list[list[bytes]] = []
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head, body = await read_request(reader)
+        seen.append([head[0], *sorted(h for h in head[1:] if h.startswith(b"x-"))])
+        seen[-1].append(body)
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}")
+        await writer.drain()
+
+    async def scenario() -> None:
+        for make in CLIENTS.values():
+            async with Scripted(handler) as server:
+                client = make(server.url, read_timeout=5)
+                target = b"/files/file-1/content?purpose=a%20b&after=x%2Fy"
+                headers = [(b"x-stainless-lang", b"python"), (b"x-a", b"1")]
+                response = await client.request("POST", target, headers, b'{"a": 1}')
+                assert b"".join([c async for c in response.iter_chunks()]) == b"{}"
+                response.release()
+                await client.aclose()
+
+    asyncio.run(scenario())
+    ours, theirs = seen
+    assert ours[0] == b"POST /v1/files/file-1/content?purpose=a%20b&after=x%2Fy HTTP/1.1"
+    assert theirs == ours

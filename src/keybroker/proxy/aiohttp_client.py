@@ -134,15 +134,9 @@ class AiohttpClient:
         headers: list[tuple[bytes, bytes]],
         body: bytes | AsyncIterator[bytes] | None,
     ) -> AiohttpAnswer:
-        path = checked_request(URL(self.base_url).raw_path.rstrip("/").encode() + target, headers)
-        url = URL(self.base_url, encoded=True).with_path(path.decode("latin-1"), encoded=True)
-        if b"?" in path:
-            raw_path, _, query = path.partition(b"?")
-            url = (
-                URL(self.base_url, encoded=True)
-                .with_path(raw_path.decode("latin-1"), encoded=True)
-                .with_query(query.decode("latin-1"))
-            )
+        base = URL(self.base_url)
+        checked_request(base.raw_path.rstrip("/").encode() + target, headers)
+        url = URL(self.base_url + target.decode("latin-1"), encoded=True)  # sent as it is
         await self._take_slot()
         freed = False
 

@@ -98,24 +98,15 @@ def response_headers(upstream: UpstreamAnswer) -> list[tuple[bytes, bytes]]:
 
 
 class Upstream:
+    """The configured client, made when the app starts (it needs the running loop)."""
+
     def __init__(
-        self,
-        base_url: str,
-        read_timeout: float,
-        *,
-        connect_timeout: float = 10.0,
-        max_connections: int = 100,
-        pool_timeout: float = 10.0,
-        gzip_limit: int = 16 * 1024 * 1024,
-        client: str = "http1",
+        self, base_url: str, read_timeout: float, *, client: str = "http1", **options: float
     ) -> None:
         self.base_url = base_url.rstrip("/")
-        self.read_timeout = read_timeout
-        self.connect_timeout = connect_timeout
-        self.max_connections = max_connections
-        self.pool_timeout = pool_timeout
-        self.gzip_limit = gzip_limit
         self.client = client
+        # read_timeout, connect_timeout, max_connections, pool_timeout, gzip_limit
+        self.options = {"read_timeout": read_timeout, **options}
         self.pool: UpstreamClient | None = None
 
     @classmethod
@@ -123,11 +114,11 @@ class Upstream:
         return cls(
             settings.upstream_url,
             settings.upstream_timeout,
+            client=settings.upstream_client,
             connect_timeout=settings.upstream_connect_timeout,
             max_connections=settings.upstream_max_connections,
             pool_timeout=settings.upstream_pool_timeout,
             gzip_limit=settings.upstream_gzip_limit,
-            client=settings.upstream_client,
         )
 
     async def start(self) -> None:
@@ -136,14 +127,7 @@ class Upstream:
             from keybroker.proxy.aiohttp_client import AiohttpClient
 
             make = AiohttpClient
-        self.pool = make(
-            self.base_url,
-            read_timeout=self.read_timeout,
-            connect_timeout=self.connect_timeout,
-            max_connections=self.max_connections,
-            pool_timeout=self.pool_timeout,
-            gzip_limit=self.gzip_limit,
-        )
+        self.pool = make(self.base_url, **self.options)
 
     async def close(self) -> None:
         if self.pool is not None:
