@@ -133,6 +133,9 @@ def test_a_configured_public_url_does_not_follow_the_port(tmp_path: Path) -> Non
         env_file=None,
     )
     assert production.served_at("0.0.0.0", 9000).public_url == "https://broker.example"
+
+
+@pytest.mark.parametrize(
     ("env", "refused"),
     [
         ({"HTTPS_PROXY": "http://proxy:3128"}, True),
