@@ -36,6 +36,29 @@ def login(client: TestClient, authn: SoftAuthenticator, **bend: Any) -> Any:
     )
 
 
+def add_passkey(
+    client: TestClient,
+    new: SoftAuthenticator,
+    confirm_with: SoftAuthenticator | None,
+    name: str = "Second",
+) -> Any:
+    """Add ``new``'s passkey, confirmed with a fresh assertion by ``confirm_with``'s (None
+    sends no confirmation, as a thief with only the session would)."""
+    start = post(client, "/auth/passkeys/options").json()
+    body: dict[str, Any] = {
+        "ceremony": start["ceremony"],
+        "credential": new.create(start["publicKey"]),
+        "name": name,
+    }
+    if confirm_with is not None:
+        first = post(client, "/auth/confirm/options").json()
+        body["confirm"] = {
+            "ceremony": first["ceremony"],
+            "credential": confirm_with.get(first["publicKey"]),
+        }
+    return post(client, "/auth/passkeys/verify", body)
+
+
 def signed_in(client: TestClient) -> bool:
     return client.get("/settings", follow_redirects=False).status_code == 200
 
@@ -44,8 +67,22 @@ GOOD_KEY = "sk-test-" + "K" * 40
 APP = "http://127.0.0.1:5555"
 
 
-def save_key(client: TestClient, key: str = GOOD_KEY) -> None:
-    page = client.post("/key", data={"key": key, "next": "/key"}, headers=SAME_ORIGIN)
+def confirmation_fields(client: TestClient, authn: SoftAuthenticator) -> dict[str, str]:
+    """A fresh passkey assertion as the key form's hidden fields (what static/js/key.js does)."""
+    import json
+
+    start = post(client, "/auth/confirm/options").json()
+    return {"ceremony": start["ceremony"], "credential": json.dumps(authn.get(start["publicKey"]))}
+
+
+def post_key(client: TestClient, authn: SoftAuthenticator, key: str, next_url: str = "/key") -> Any:
+    """The key form, confirmed with ``authn``'s passkey."""
+    fields = {"key": key, "next": next_url, **confirmation_fields(client, authn)}
+    return client.post("/key", data=fields, headers=SAME_ORIGIN)
+
+
+def save_key(client: TestClient, authn: SoftAuthenticator, key: str = GOOD_KEY) -> None:
+    page = post_key(client, authn, key)
     assert page.status_code == 200, page.text
 
 

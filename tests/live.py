@@ -137,7 +137,7 @@ class Live:
         web = httpx.Client(base_url=self.url, follow_redirects=True)
         self.clients.append(web)
         authn = register(web)  # type: ignore[arg-type]
-        save_key(web)  # type: ignore[arg-type]
+        save_key(web, authn)  # type: ignore[arg-type]
         return web, authn
 
     def grant_for(

@@ -14,12 +14,12 @@ from keybroker.context import get_context
 from keybroker.crypto import tokens, vault
 from keybroker.crypto.keyring import KeyRing, UnknownKidError
 from keybroker.models import Grant, KeySlot, Passkey, User, VaultEntry
+from tests import helpers
 from tests.helpers import (
     GOOD_KEY,
-    SAME_ORIGIN,
     confirmed,
     grant_token,
-    post,
+    post_key,
     register,
     save_key,
 )
@@ -73,22 +73,9 @@ def prf_authenticator() -> SoftAuthenticator:
 
 
 def add_passkey(
-    client: TestClient, authn: SoftAuthenticator, confirm_with: SoftAuthenticator | None = None
+    client: TestClient, authn: SoftAuthenticator, confirm_with: SoftAuthenticator
 ) -> dict[str, object]:
-    start = post(client, "/auth/passkeys/options").json()
-    body: dict[str, object] = {
-        "ceremony": start["ceremony"],
-        "credential": authn.create(start["publicKey"]),
-        "name": "Second",
-    }
-    if start["confirm"]:
-        assert confirm_with is not None
-        first = post(client, "/auth/confirm/options").json()
-        body["confirm"] = {
-            "ceremony": first["ceremony"],
-            "credential": confirm_with.get(first["publicKey"]),
-        }
-    response = post(client, "/auth/passkeys/verify", body)
+    response = helpers.add_passkey(client, authn, confirm_with)
     assert response.status_code == 200, response.text
     result: dict[str, object] = response.json()
     return result
@@ -112,7 +99,7 @@ def test_registration_records_prf_support(client: TestClient) -> None:
 
 def test_strict_custody_database_and_master_keys_open_nothing(client: TestClient) -> None:
     owner = register(client, prf_authenticator())
-    save_key(client)
+    save_key(client, owner)
     old_token = grant_token(client, owner)["access_token"]  # consent adds the passkey's slot
     assert slots(client) == 1
     strict = confirmed(client, owner, "/settings/custody", {"strict": True})
@@ -131,7 +118,7 @@ def test_strict_custody_database_and_master_keys_open_nothing(client: TestClient
             == 200
         )
     # Replacing the key needs master-key custody back.
-    refused = client.post("/key", data={"key": "sk-test-" + "N" * 40}, headers=SAME_ORIGIN)
+    refused = post_key(client, owner, "sk-test-" + "N" * 40)
     assert refused.status_code == 409
     assert "strict custody" in refused.text
 
@@ -140,9 +127,9 @@ def test_two_prf_passkeys_each_open_and_removing_one_leaves_the_other(
     client: TestClient,
 ) -> None:
     first = register(client, prf_authenticator())
-    save_key(client)
+    save_key(client, first)
     second = prf_authenticator()
-    assert add_passkey(client, second) == {"ok": True, "key_slot": True}  # via the master slot
+    assert add_passkey(client, second, confirm_with=first)["key_slot"] is True  # master slot
     grant_token(client, first)  # the first passkey gets its slot at consent
     assert slots(client) == 2
     assert confirmed(client, second, "/settings/custody", {"strict": True}).status_code == 200
@@ -170,7 +157,7 @@ def test_passkey_without_prf_keeps_master_custody_and_strict_is_refused(
     client: TestClient,
 ) -> None:
     plain = register(client)  # no PRF
-    save_key(client)
+    save_key(client, plain)
     grant_token(client, plain)
     assert slots(client) == 0
     page = client.get("/settings").text
@@ -184,7 +171,7 @@ def test_passkey_without_prf_keeps_master_custody_and_strict_is_refused(
 
 def test_last_slot_in_strict_custody_needs_key_deletion_confirmed(client: TestClient) -> None:
     owner = register(client, prf_authenticator())
-    save_key(client)
+    save_key(client, owner)
     grant_token(client, owner)
     confirmed(client, owner, "/settings/custody", {"strict": True})
     other = SoftAuthenticator()  # no PRF: a passkey that cannot hold a slot
@@ -204,7 +191,7 @@ def test_last_slot_in_strict_custody_needs_key_deletion_confirmed(client: TestCl
 
 def test_a_refused_passkey_removal_deletes_nothing(client: TestClient) -> None:
     owner = register(client, prf_authenticator())
-    save_key(client)
+    save_key(client, owner)
     grant_token(client, owner)
     confirmed(client, owner, "/settings/custody", {"strict": True})
     with Session(get_context(client).engine) as db:

@@ -14,15 +14,15 @@ from keybroker.context import get_context
 from keybroker.crypto.keyring import KeyRing
 from keybroker.models import AuditEvent, User, VaultEntry
 from keybroker.settings import Settings
-from tests.helpers import SAME_ORIGIN, confirmed, register
+from tests.helpers import SAME_ORIGIN, confirmed, post_key, register
 from tests.softauthn import SoftAuthenticator
 from tests.upstream import Upstream
 
 GOOD_KEY = "sk-test-" + "G" * 40
 
 
-def save(client: TestClient, key: str) -> object:
-    return client.post("/key", data={"key": key, "next": "/key"}, headers=SAME_ORIGIN)
+def save(client: TestClient, authn: SoftAuthenticator, key: str) -> object:
+    return post_key(client, authn, key)
 
 
 def entries(client: TestClient) -> int:
@@ -49,7 +49,7 @@ def test_key_page_needs_sign_in(client: TestClient) -> None:
 def test_save_shows_masked_then_replace_then_delete(
     owner: TestClient, authn: SoftAuthenticator
 ) -> None:
-    page = save(owner, f"  {GOOD_KEY}\n")
+    page = save(owner, authn, f"  {GOOD_KEY}\n")
     assert page.status_code == 200
     assert "sk-...GGGG" in page.text
     assert GOOD_KEY not in page.text
@@ -57,7 +57,7 @@ def test_save_shows_masked_then_replace_then_delete(
     assert provider_keys.open_key(ctx.engine, ctx.ring, owner_id(owner)) == GOOD_KEY
 
     replacement = "sk-test-" + "R" * 40
-    page = save(owner, replacement)
+    page = save(owner, authn, replacement)
     assert "sk-...RRRR" in page.text
     assert provider_keys.open_key(ctx.engine, ctx.ring, owner_id(owner)) == replacement
     assert entries(owner) == 1
@@ -97,9 +97,9 @@ def owner_id(client: TestClient) -> str:
     ],
 )
 def test_bad_input_gets_a_clear_message_and_stores_nothing(
-    owner: TestClient, key: str, status: int, fragment: str
+    owner: TestClient, authn: SoftAuthenticator, key: str, status: int, fragment: str
 ) -> None:
-    page = save(owner, key)
+    page = save(owner, authn, key)
     assert page.status_code == status
     assert fragment in page.text
     assert entries(owner) == 0
@@ -108,17 +108,21 @@ def test_bad_input_gets_a_clear_message_and_stores_nothing(
         assert key.strip()[-12:] not in page.text  # not even the upstream's masked echo
 
 
-def test_upstream_down_gets_a_retry_message(owner: TestClient, settings: Settings) -> None:
+def test_upstream_down_gets_a_retry_message(
+    owner: TestClient, authn: SoftAuthenticator, settings: Settings
+) -> None:
     get_context(owner).settings = _with(settings, upstream_url="http://127.0.0.1:9/v1")
-    page = save(owner, GOOD_KEY)
+    page = save(owner, authn, GOOD_KEY)
     assert page.status_code == 502
     assert "could not be reached" in page.text
     assert "try again" in page.text
     assert entries(owner) == 0
 
 
-def test_upstream_too_slow_gets_a_retry_message(owner: TestClient, upstream: Upstream) -> None:
-    page = save(owner, "sk-test-slow-" + "a" * 30)
+def test_upstream_too_slow_gets_a_retry_message(
+    owner: TestClient, authn: SoftAuthenticator, upstream: Upstream
+) -> None:
+    page = save(owner, authn, "sk-test-slow-" + "a" * 30)
     assert page.status_code == 504
     assert "did not answer in time" in page.text
     assert entries(owner) == 0
@@ -140,10 +144,12 @@ def _with(settings: Settings, **changes: str) -> Settings:
     return replace(settings, **changes)
 
 
-def test_rotate_then_rewrap_then_drop_the_old_kid(owner: TestClient) -> None:
+def test_rotate_then_rewrap_then_drop_the_old_kid(
+    owner: TestClient, authn: SoftAuthenticator
+) -> None:
     from keybroker.rotation import rewrap_all
 
-    save(owner, GOOD_KEY)
+    save(owner, authn, GOOD_KEY)
     ctx = get_context(owner)
     rotated, _ = ctx.ring.rotated()
     report = rewrap_all(ctx.engine, rotated)
@@ -156,11 +162,29 @@ def test_rotate_then_rewrap_then_drop_the_old_kid(owner: TestClient) -> None:
     assert provider_keys.open_key(ctx.engine, only_new, owner_id(owner)) == GOOD_KEY
 
 
-def test_kid_missing_from_ring_is_named(owner: TestClient) -> None:
+def test_kid_missing_from_ring_is_named(owner: TestClient, authn: SoftAuthenticator) -> None:
     from keybroker.crypto.keyring import UnknownKidError
 
-    save(owner, GOOD_KEY)
+    save(owner, authn, GOOD_KEY)
     ctx = get_context(owner)
     other = KeyRing.parse("k7:" + base64.b64encode(b"z" * 32).decode())
     with pytest.raises(UnknownKidError, match="'k1'"):
         provider_keys.open_key(ctx.engine, other, owner_id(owner))
+
+
+def test_a_session_alone_saves_or_replaces_no_key(
+    owner: TestClient, authn: SoftAuthenticator, upstream: Upstream
+) -> None:
+    checks = len(upstream.seen)
+    for fields in ({}, {"ceremony": "x", "credential": "{}"}, {"credential": "not json"}):
+        page = owner.post("/key", data={"key": GOOD_KEY, **fields}, headers=SAME_ORIGIN)
+        assert page.status_code == 400
+        assert entries(owner) == 0
+    assert len(upstream.seen) == checks  # not even checked with OpenAI
+    save(owner, authn, GOOD_KEY)
+    replacement = "sk-test-" + "Z" * 40
+    page = owner.post("/key", data={"key": replacement}, headers=SAME_ORIGIN)
+    assert page.status_code == 400
+    assert "sk-...GGGG" in page.text
+    ctx = get_context(owner)
+    assert provider_keys.open_key(ctx.engine, ctx.ring, owner_id(owner)) == GOOD_KEY

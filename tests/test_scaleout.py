@@ -93,7 +93,7 @@ class Cluster:
         """A grant made through instance A."""
         with httpx.Client(base_url=self.a.url, follow_redirects=True) as web:
             authn = register(web)  # type: ignore[arg-type]
-            save_key(web)  # type: ignore[arg-type]
+            save_key(web, authn)  # type: ignore[arg-type]
             chosen = {
                 "scopes": ["chat", "models"],
                 "models": "",

@@ -111,9 +111,11 @@ export function requestOpenAIAPI(options: RequestOpenAIAPIOptions): Promise<Open
       const data = event.data as Record<string, unknown> | null;
       if (!data || typeof data !== "object" || data.type !== "authorization_response") return;
       if (data.state !== state) return;
-      if (data.iss !== undefined && data.iss !== options.broker.replace(/\/+$/, "")) {
-        // RFC 9207: the response names its issuer; another issuer means a mix-up attack.
-        finish(new KeybrokerError("invalid_response", "The response came from another issuer."));
+      if (typeof data.iss !== "string" || data.iss !== options.broker.replace(/\/+$/, "")) {
+        // RFC 9207 §2.4: the response must name its issuer, and it must be this broker; a
+        // response without one, or from another issuer, is a mix-up attack. keybroker always
+        // sends iss (it advertises authorization_response_iss_parameter_supported).
+        finish(new KeybrokerError("invalid_response", "The response did not come from this broker."));
         return;
       }
       if (typeof data.error === "string") {

@@ -103,6 +103,18 @@ test("another issuer is a mix-up and rejects with invalid_response", async () =>
   await assert.rejects(promise, (e) => e.code === "invalid_response");
 });
 
+for (const iss of [undefined, null, "", 42, `${BROKER}/`, BROKER.toUpperCase()]) {
+  test(`a response with iss ${JSON.stringify(iss)} is refused, before any token exchange`, async () => {
+    const promise = requestOpenAIAPI({ broker: BROKER });
+    const state = (await authorizeURL()).searchParams.get("state");
+    const message = { type: "authorization_response", code: "c", state };
+    if (iss !== undefined) message.iss = iss;
+    post(message);
+    await assert.rejects(promise, (e) => e.code === "invalid_response" && /this broker/.test(e.message));
+    assert.equal(fetchCalls.length, 0);
+  });
+}
+
 test("a failed token exchange rejects with invalid_response", async () => {
   fetchAnswer = { ok: false, status: 400, body: { error: "invalid_grant" } };
   const promise = requestOpenAIAPI({ broker: BROKER });

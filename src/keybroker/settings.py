@@ -25,7 +25,12 @@ DEFAULT_PUBLIC_URL = "http://localhost:8000"
 DEFAULT_UPSTREAM_URL = "https://api.openai.com/v1"
 DEFAULT_DATA_DIR = ".keybroker"
 GENERATED_SECRETS_FILE = "generated-secrets.env"
-SECRET_NAMES = ("KEYBROKER_SECRET_KEY", "KEYBROKER_MASTER_KEYS", "KEYBROKER_REDIS_URL")
+SECRET_NAMES = (
+    "KEYBROKER_SECRET_KEY",
+    "KEYBROKER_MASTER_KEYS",
+    "KEYBROKER_REDIS_URL",
+    "KEYBROKER_METRICS_TOKEN",
+)
 # Listening addresses a browser on this machine reaches as localhost. The passkey rpId is the
 # public URL's host and must be a valid domain, never an IP address (W3C WebAuthn §5.1.3
 # step 7), and http://localhost is a secure context (W3C Secure Contexts §3.2).
@@ -62,6 +67,7 @@ class Settings:
     trusted_proxies: str = ""
     abuse_limit_scale: float = 1.0
     public_url_set: bool = True  # KEYBROKER_PUBLIC_URL was given (always so in production)
+    metrics_token: str | None = field(default=None, repr=False)
 
     @property
     def production(self) -> bool:
@@ -216,6 +222,7 @@ def load_settings(
         trusted_proxies=get("KEYBROKER_TRUSTED_PROXIES") or "",
         abuse_limit_scale=float(get("KEYBROKER_ABUSE_LIMIT_SCALE") or 1.0),
         public_url_set=get("KEYBROKER_PUBLIC_URL") is not None,
+        metrics_token=get("KEYBROKER_METRICS_TOKEN"),
     )
 
 

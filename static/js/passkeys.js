@@ -10,6 +10,7 @@
   };
 
   const post = (url, body) => window.kb.post(url, body);
+  let pendingConfirm = null;  // the add step's assertion, until the create step posts it
 
   function explain(error) {
     if (error && error.name === "NotAllowedError") return "The passkey prompt was cancelled or timed out. Try again.";
@@ -33,22 +34,30 @@
       const credential = await navigator.credentials.get({ publicKey });
       await post("/auth/login/verify", { ceremony: start.ceremony, credential: credential.toJSON() });
     },
+    // Adding a passkey takes two steps, each its own click (Safari wants a gesture for each
+    // ceremony): first confirm with a passkey the account already has (a session alone must
+    // not add a way in), then create the new one, often on another authenticator.
     async add() {
+      const first = await post("/auth/confirm/options");
+      status("Confirm with a passkey you already have…");
+      const existing = await navigator.credentials.get({
+        publicKey: PublicKeyCredential.parseRequestOptionsFromJSON(first.publicKey) });
+      pendingConfirm = { ceremony: first.ceremony, credential: existing.toJSON() };
+      const next = document.querySelector('button[data-passkey="create"]');
+      if (next) { next.hidden = false; next.focus(); }
+      status("Confirmed. Now create the new passkey on the device that will hold it.");
+      return false;  // stay on the page for the second step
+    },
+    async create() {
+      if (!pendingConfirm) throw new Error("Confirm with a passkey you already have first.");
       const start = await post("/auth/passkeys/options");
-      let confirm;
-      if (start.confirm) {
-        // Strict custody: an existing passkey opens the vault so the new one gets a key slot.
-        const first = await post("/auth/confirm/options");
-        status("First confirm with a passkey you already have…");
-        const existing = await navigator.credentials.get({
-          publicKey: PublicKeyCredential.parseRequestOptionsFromJSON(first.publicKey) });
-        confirm = { ceremony: first.ceremony, credential: existing.toJSON() };
-      }
       const publicKey = PublicKeyCredential.parseCreationOptionsFromJSON(start.publicKey);
       status("Follow your device's prompt to create the new passkey…");
       const credential = await navigator.credentials.create({ publicKey });
       const nameInput = document.getElementById("passkey-name");
-      await post("/auth/passkeys/verify", {
+      const confirm = pendingConfirm;
+      pendingConfirm = null;  // single use, like its challenge
+      return post("/auth/passkeys/verify", {
         ceremony: start.ceremony, credential: credential.toJSON(), name: nameInput ? nameInput.value : "",
         confirm,
       });
@@ -68,9 +77,11 @@
     button.disabled = true;
     fail("");
     try {
-      await run();
+      const result = await run();
+      if (result === false) return;
       status("Done.");
-      window.location.assign((container && container.dataset.next) || "/settings");
+      const next = (result && result.redirect) || (container && container.dataset.next);
+      window.location.assign(window.kb.safeNext(next));
     } catch (error) {
       fail(explain(error));
     } finally {

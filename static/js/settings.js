@@ -33,7 +33,7 @@
         if (error.code !== "confirm_delete_key" || !window.confirm(error.message)) throw error;
         done = await confirmed(button.dataset.confirmAction, { ...extra, delete_key: true });
       }
-      window.location.assign(done.redirect || "/settings");
+      window.location.assign(window.kb.safeNext(done.redirect));
     } catch (error) {
       say(status, "");
       say(alert, error && error.name === "NotAllowedError"

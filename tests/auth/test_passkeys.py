@@ -11,7 +11,7 @@ from starlette.testclient import TestClient
 
 from keybroker.context import get_context
 from keybroker.models import BrowserSession, Challenge, Passkey, User, utcnow
-from tests.helpers import SAME_ORIGIN, login, post, register, signed_in
+from tests.helpers import SAME_ORIGIN, add_passkey, login, post, register, signed_in
 from tests.softauthn import UP, UV, SoftAuthenticator
 
 
@@ -55,19 +55,11 @@ def test_sign_in_rotates_the_session(client: TestClient) -> None:
 
 
 def test_add_second_passkey_and_sign_in_with_it(client: TestClient) -> None:
-    register(client)
+    first = register(client)
     second = SoftAuthenticator()
     start = post(client, "/auth/passkeys/options").json()
     assert len(start["publicKey"]["excludeCredentials"]) == 1
-    done = post(
-        client,
-        "/auth/passkeys/verify",
-        {
-            "ceremony": start["ceremony"],
-            "credential": second.create(start["publicKey"]),
-            "name": "Phone",
-        },
-    )
+    done = add_passkey(client, second, confirm_with=first, name="Phone")
     assert done.status_code == 200, done.text
     sign_out(client)
     assert login(client, second).status_code == 200
@@ -224,3 +216,17 @@ def test_user_verification_required_in_options(client: TestClient) -> None:
     assert start["authenticatorSelection"]["residentKey"] == "required"
     assert post(client, "/auth/login/options").json()["publicKey"]["userVerification"] == "required"
     assert UV
+
+
+def test_a_session_alone_adds_no_passkey(client: TestClient) -> None:
+    """A stolen cookie: no confirmation, or one by another account's passkey, adds nothing."""
+    owner = register(client)
+    stranger = SoftAuthenticator()
+    other = TestClient(client.app, base_url=str(client.base_url))
+    with other:
+        register(other, stranger)  # the thief's own account on this broker
+    refused(add_passkey(client, SoftAuthenticator(), confirm_with=None), "confirm")
+    refused(add_passkey(client, SoftAuthenticator(), confirm_with=stranger), "not one of")
+    assert count(client, Passkey) == 2  # the owner's and the thief's own, nothing added
+    assert add_passkey(client, SoftAuthenticator(), confirm_with=owner).status_code == 200
+    assert count(client, Passkey) == 3

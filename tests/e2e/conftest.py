@@ -129,6 +129,21 @@ class Window:
             )
             self.add_credential({**credential, "signCount": credential["signCount"] + by})
 
+    def present(self, enabled: bool) -> None:
+        """Whether this authenticator answers at once (True) or never (False): with two
+        authenticators in one window, the one present is the one that answers."""
+        self.cdp.send(
+            "WebAuthn.setAutomaticPresenceSimulation",
+            {"authenticatorId": self.authenticator_id, "enabled": enabled},
+        )
+
+    def another_authenticator(self, **options: Any) -> Window:
+        """A second authenticator in this window, like a security key beside a laptop's own."""
+        result = self.cdp.send(
+            "WebAuthn.addVirtualAuthenticator", {"options": {**AUTHENTICATOR, **options}}
+        )
+        return Window(self.page, self.cdp, result["authenticatorId"])
+
     def override(self, **bits: bool) -> None:
         self.cdp.send(
             "WebAuthn.setResponseOverrideBits", {"authenticatorId": self.authenticator_id, **bits}

@@ -13,7 +13,7 @@ from playwright.sync_api import BrowserContext, Page, expect
 from keybroker import db, provider_keys
 from keybroker.crypto.keyring import KeyRing
 from keybroker.settings import load_settings
-from tests.e2e.conftest import attach_authenticator, owner_with_key
+from tests.e2e.conftest import Window, attach_authenticator, owner_with_key
 from tests.e2e.loopback import Callback, register_app
 from tests.helpers import authorize_query, pkce
 from tests.live import LiveBroker
@@ -102,26 +102,36 @@ def test_two_prf_passkeys_each_open_and_one_can_go(
 ) -> None:
     broker = own_broker
     first = attach_authenticator(context.new_page())
-    owner_with_key(first.page, broker, KEY)
-    # A second device: another window of the same browser session, its own authenticator.
-    second = attach_authenticator(context.new_page())
-    second.page.goto(f"{broker.url}/settings")
-    second.page.get_by_label("Name for the new passkey").fill("Second device")
-    second.page.get_by_role("button", name="Add passkey").click()
-    expect(second.page.get_by_role("status").first).to_contain_text("Passkey added")
-    allow_app(first.page, broker, cli_client)  # the first passkey's slot
-    second.page.goto(f"{broker.url}/settings")
-    expect(second.page.locator('td[data-label="Key slot"]', has_text="yes")).to_have_count(2)
-    switch_custody(second.page, broker, "Switch to strict custody")
-    expect(second.page.get_by_role("status").first).to_contain_text("Strict custody is on.")
+    page = first.page
+    owner_with_key(page, broker, KEY)
+    # A second device beside the first in this window; only the one present answers.
+    page.goto(f"{broker.url}/settings")
+    page.get_by_label("Name for the new passkey").fill("Second device")
+    page.get_by_role("button", name="Add passkey").click()  # confirmed by the first
+    expect(page.get_by_role("button", name="Create the new passkey")).to_be_visible()
+    second = first.another_authenticator(transport="usb")  # a security key
+    first.present(False)
+    page.get_by_role("button", name="Create the new passkey").click()
+    expect(page.get_by_role("status").first).to_contain_text("Passkey added")
 
-    assert works(broker, allow_app(first.page, broker, cli_client))
-    assert works(broker, allow_app(second.page, broker, cli_client))
+    def using(device: Window) -> Page:
+        for each in (first, second):
+            each.present(each is device)
+        return page
 
-    second.page.goto(f"{broker.url}/settings")
-    second.page.get_by_role("button", name="Remove passkey First passkey").click()
-    expect(second.page.get_by_role("status").first).to_contain_text("Passkey removed")
-    assert works(broker, allow_app(second.page, broker, cli_client))
+    allow_app(using(first), broker, cli_client)  # the first passkey's slot
+    page.goto(f"{broker.url}/settings")
+    expect(page.locator('td[data-label="Key slot"]', has_text="yes")).to_have_count(2)
+    switch_custody(using(second), broker, "Switch to strict custody")
+    expect(page.get_by_role("status").first).to_contain_text("Strict custody is on.")
+
+    assert works(broker, allow_app(using(first), broker, cli_client))
+    assert works(broker, allow_app(using(second), broker, cli_client))
+
+    page.goto(f"{broker.url}/settings")
+    using(second).get_by_role("button", name="Remove passkey First passkey").click()
+    expect(page.get_by_role("status").first).to_contain_text("Passkey removed")
+    assert works(broker, allow_app(using(second), broker, cli_client))
 
 
 def test_passkey_without_prf_keeps_master_custody(

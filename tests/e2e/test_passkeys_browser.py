@@ -30,6 +30,20 @@ def sign_in(page: Page, broker: LiveBroker) -> None:
     expect(page).to_have_url(f"{broker.url}/settings")
 
 
+def add_passkey_on_new_device(window: Window) -> Window:
+    """Confirm with ``window``'s passkey, then create the new one on another authenticator
+    (excludeCredentials keeps it off this one), like a phone; returns the new device."""
+    page = window.page
+    page.get_by_role("button", name="Add passkey").click()
+    expect(page.get_by_role("button", name="Create the new passkey")).to_be_visible()
+    window.cdp.send(
+        "WebAuthn.removeVirtualAuthenticator", {"authenticatorId": window.authenticator_id}
+    )
+    second = attach_authenticator(page)
+    page.get_by_role("button", name="Create the new passkey").click()
+    return second
+
+
 def test_create_sign_out_sign_in_reload(window: Window, broker: LiveBroker) -> None:
     page = window.page
     create_account(page, broker)
@@ -45,13 +59,8 @@ def test_second_passkey_signs_in(window: Window, broker: LiveBroker) -> None:
     page = window.page
     create_account(page, broker)
     page.get_by_label("Name for the new passkey").fill("Second device")
-    # The new passkey must live on another authenticator (excludeCredentials), like a phone.
     first = window.credentials()[0]
-    window.cdp.send(
-        "WebAuthn.removeVirtualAuthenticator", {"authenticatorId": window.authenticator_id}
-    )
-    second = attach_authenticator(page)
-    page.get_by_role("button", name="Add passkey").click()
+    second = add_passkey_on_new_device(window)
     expect(page.get_by_role("status").first).to_contain_text("Passkey added")
     expect(
         page.locator("table.passkeys").get_by_role("cell", name="Second device", exact=True)

@@ -11,5 +11,5 @@ from tests.softauthn import SoftAuthenticator
 def owner(client: TestClient) -> SoftAuthenticator:
     """A signed-in owner with a saved key, in ``client``'s session."""
     authn = register(client)
-    save_key(client)
+    save_key(client, authn)
     return authn

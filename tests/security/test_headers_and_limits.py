@@ -9,7 +9,15 @@ from starlette.testclient import TestClient
 
 from keybroker.app import create_app
 from keybroker.settings import Settings
-from tests.helpers import APP, SAME_ORIGIN, authorize_query, pkce, register, save_key
+from tests.helpers import (
+    APP,
+    SAME_ORIGIN,
+    authorize_query,
+    pkce,
+    post_key,
+    register,
+    save_key,
+)
 from tests.upstream import Upstream
 
 
@@ -36,8 +44,7 @@ def test_every_html_page_is_hardened(client: TestClient) -> None:
     ]
     for path in pages:
         assert_hardened(client.get(path))
-    register(client)
-    save_key(client)
+    save_key(client, register(client))
     for path in [
         "/settings",
         "/key",
@@ -102,11 +109,11 @@ def test_key_checks_are_limited_so_the_broker_is_no_key_oracle(
     strict: TestClient, upstream: Upstream
 ) -> None:
     with strict as client:
-        register(client)
+        authn = register(client)
         checks_before = sum(1 for s in upstream.seen if s.path == "/v1/models")
-        first = client.post("/key", data={"key": "sk-test-bad-" + "a" * 30}, headers=SAME_ORIGIN)
+        first = post_key(client, authn, "sk-test-bad-" + "a" * 30)
         assert "OpenAI rejected this key" in first.text
-        second = client.post("/key", data={"key": "sk-test-bad-" + "b" * 30}, headers=SAME_ORIGIN)
+        second = post_key(client, authn, "sk-test-bad-" + "b" * 30)
         assert second.status_code == 429
         assert "Too many attempts" in second.text
         # The refused attempt never reached the upstream.
@@ -126,3 +133,20 @@ def test_token_endpoint_is_limited_per_ip(strict: TestClient) -> None:
     assert answers[12].status_code == 429
     assert answers[12].json()["error"] == "slow_down"
     assert int(answers[12].headers["retry-after"]) >= 1
+
+
+def test_metrics_need_the_bearer_token_when_one_is_set(settings: Settings) -> None:
+    token = "metrics-" + "m" * 32
+    with TestClient(
+        create_app(replace(settings, metrics_token=token)), base_url="http://localhost:8000"
+    ) as client:
+        for headers in ({}, {"authorization": "Bearer wrong"}, {"authorization": token}):
+            refused = client.get("/metrics", headers=headers)
+            assert refused.status_code == 401
+            assert "keybroker_" not in refused.text
+            assert token not in refused.text
+        scraped = client.get("/metrics", headers={"authorization": f"Bearer {token}"})
+        assert scraped.status_code == 200
+        assert "keybroker_proxy_responses_total" in scraped.text
+    with TestClient(create_app(settings), base_url="http://localhost:8000") as client:
+        assert client.get("/metrics").status_code == 200  # no token set: a private port's job

@@ -62,7 +62,7 @@ def lifecycle(base: Settings, tmp: Path) -> type[RuleBasedStateMachine]:
         def owner(self) -> None:
             self.authn = register(self.client)
             self.generation += 1
-            save_key(self.client)
+            save_key(self.client, self.authn)
             self.has_key = True
 
         @property
@@ -72,7 +72,7 @@ def lifecycle(base: Settings, tmp: Path) -> type[RuleBasedStateMachine]:
         @rule(target=grants)
         def create(self) -> Model:
             if self.authn is None or not self.has_key:
-                self.owner() if self.authn is None else save_key(self.client)
+                self.owner() if self.authn is None else save_key(self.client, self.authn)
                 self.has_key = True
             token = grant_token(self.client, self.authn)["access_token"]  # type: ignore[arg-type]
             model = Model(token, self.generation)

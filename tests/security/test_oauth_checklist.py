@@ -15,7 +15,7 @@ from tests.helpers import APP, authorize_query, decide, pkce, redeem, register, 
 
 def test_two_parallel_redemptions_of_one_code_issue_one_token(client: TestClient) -> None:
     authn = register(client)
-    save_key(client)
+    save_key(client, authn)
     verifier, challenge = pkce()
     code = decide(client, authn, authorize_query(APP, challenge)).json()["message"]["code"]
     with ThreadPoolExecutor(max_workers=2) as pool:
@@ -29,7 +29,7 @@ def test_two_parallel_redemptions_of_one_code_issue_one_token(client: TestClient
 def test_every_authorization_response_names_the_issuer(client: TestClient) -> None:
     """Mix-up defence (RFC 9207): success, denial and errors all carry iss."""
     authn = register(client)
-    save_key(client)
+    save_key(client, authn)
     _, challenge = pkce()
     query = authorize_query(APP, challenge)
     allowed = decide(client, authn, query).json()["message"]
@@ -40,8 +40,7 @@ def test_every_authorization_response_names_the_issuer(client: TestClient) -> No
 
 
 def test_deny_never_redirects_a_web_app_anywhere(client: TestClient) -> None:
-    register(client)
-    save_key(client)
+    save_key(client, register(client))
     _, challenge = pkce()
     result = decide(client, None, authorize_query(APP, challenge), "deny").json()
     assert result == {
@@ -61,7 +60,7 @@ def test_a_token_works_only_for_its_own_grant_secret(client: TestClient) -> None
     from tests.helpers import grant_token
 
     authn = register(client)
-    save_key(client)
+    save_key(client, authn)
     first = tokens.parse_token(grant_token(client, authn)["access_token"])
     second = tokens.parse_token(grant_token(client, authn)["access_token"])
     swapped = str(tokens.AppToken(first.grant_id, second.secret))

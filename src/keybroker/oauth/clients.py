@@ -9,10 +9,12 @@ endpoint auth method is allowed; both kinds answer here. Every app is a public c
 from __future__ import annotations
 
 import json
+import re
 import secrets
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
+import idna
 from sqlalchemy import Engine
 from sqlmodel import Session
 
@@ -26,28 +28,133 @@ DEVICE_CODE_GRANT_TYPE = "urn:ietf:params:oauth:grant-type:device_code"  # RFC 8
 LOOPBACK_HOSTS = {"127.0.0.1", "[::1]", "::1"}
 
 
-def web_origin(client_id: str) -> str | None:
-    """``client_id`` if it is exactly a serialised web origin (scheme://host[:port]), else None.
+DEFAULT_PORTS = {"http": 80, "https": 443}
+# http is allowed for local development on these hosts only (loopback, as in RFC 8252 §8.3).
+HTTP_HOSTS = frozenset({"localhost", "127.0.0.1", "[::1]"})
+LABEL = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
+IPV4_PART = re.compile(r"0|[1-9][0-9]{0,2}")
 
-    https only, except loopback hosts for local development.
+
+def origin_problem(client_id: str) -> str | None:
+    """Why ``client_id`` is not a web app's identity, or None when it is one.
+
+    A web app is identified by its origin, and only by the one spelling of it that a browser
+    gives as ``URL.origin`` (WHATWG URL, "origin" and "host serializing"): the scheme, "://",
+    the host in lowercase ASCII (an internationalised name in its punycode form, IDNA2008 /
+    UTS #46), and ":port" only when the port is not the scheme's default; no trailing dot,
+    path, query, fragment or userinfo. Any other spelling would be a second identity for the
+    same site, with grants and a consent screen of its own, or a look-alike.
     """
+    scheme, sep, rest = client_id.partition("://")
+    if not sep:
+        return "A web app's client_id is its origin, such as https://app.example."
+    if scheme.lower() not in DEFAULT_PORTS:
+        return "A web app's origin starts with https:// (or http:// on a loopback host)."
+    if scheme != scheme.lower():
+        return "Write the scheme in lowercase."
+    for char, what in (
+        ("\\", "backslash"),
+        ("@", "user name or password"),
+        ("/", "path, not even a final /"),
+        ("?", "query"),
+        ("#", "fragment"),
+    ):
+        if char in rest:
+            return f"An origin has no {what}: only {scheme}://host or {scheme}://host:port."
+    host, port_problem = _split_port(scheme, rest)
+    if port_problem:
+        return port_problem
+    problem = _host_problem(host)
+    if problem:
+        return problem
+    if scheme == "http" and host not in HTTP_HOSTS:
+        return "A web app must use https; http is accepted only on localhost and 127.0.0.1."
+    return None
+
+
+def _split_port(scheme: str, rest: str) -> tuple[str, str | None]:
+    host, colon, port = rest.rpartition(":") if not rest.endswith("]") else (rest, "", "")
+    if not colon:
+        return rest, None
+    if not port.isascii() or not port.isdigit() or (port != "0" and port.startswith("0")):
+        return host, "The port must be a number without leading zeros."
+    if not 0 < int(port) < 65536:
+        return host, "The port must be between 1 and 65535."
+    if int(port) == DEFAULT_PORTS[scheme]:
+        return host, f"Leave out the port {port}: it is the default, and URL.origin never shows it."
+    return host, None
+
+
+def _host_problem(host: str) -> str | None:
+    if not host:
+        return "The origin has no host."
+    if host.startswith("["):
+        return None if host == "[::1]" else "Of IPv6 addresses only [::1] (loopback) is accepted."
+    if not host.isascii():
+        return (
+            "Write an internationalised host in its ASCII (punycode) form, as URL.origin gives "
+            "it. Look-alike letters from other alphabets are how a page passes for another."
+        )
+    if host != host.lower():
+        return "Write the host in lowercase."
+    if host.endswith("."):
+        return "Leave out the final dot after the host."
+    labels = host.split(".")
+    if len(host) > 253 or not all(LABEL.fullmatch(label) for label in labels):
+        return "The host is not a valid domain name (letters, digits and hyphens in labels)."
+    if labels[-1].isdigit():
+        # URL parsing reads a name ending in a number as an IPv4 address (WHATWG URL, "ends in
+        # a number checker"): only its one dotted-decimal spelling is accepted.
+        if len(labels) == 4 and all(IPV4_PART.fullmatch(p) and int(p) < 256 for p in labels):
+            return None
+        return "Write an IPv4 address in dotted decimal, as URL.origin gives it."
+    for label in labels:
+        if label.startswith("xn--") and _unicode_label(label) is None:
+            return f"The label {label} is not valid punycode."
+    return None
+
+
+def _unicode_label(label: str) -> str | None:
     try:
-        parts = urlsplit(client_id)
-        port = parts.port
-    except ValueError:
+        decoded = idna.decode(label)
+        return decoded if idna.encode(decoded).decode() == label else None
+    except idna.IDNAError:
         return None
-    host = parts.hostname
-    if not host or parts.username or parts.password or parts.path or parts.query:
+
+
+def canonical_suggestion(client_id: str) -> str | None:
+    """The canonical origin a refused client_id was probably meant to be, if there is one.
+
+    Only a valid origin is ever suggested, so an error page never shows other text of the
+    request's."""
+    scheme, _, rest = client_id.partition("://")
+    scheme = scheme.lower()
+    if scheme not in DEFAULT_PORTS:
         return None
-    if parts.fragment or client_id.endswith(("#", "?")):
+    rest = rest.split("/", 1)[0].split("?", 1)[0].split("#", 1)[0].rsplit("@", 1)[-1]
+    host, _, port = rest.rpartition(":") if not rest.endswith("]") else (rest, "", "")
+    host = host if _ else rest
+    try:
+        host = idna.encode(host.rstrip("."), uts46=True).decode()
+    except (idna.IDNAError, UnicodeError):
         return None
-    if parts.scheme == "http" and host not in ("localhost", "127.0.0.1", "::1"):
+    if port.isdigit() and int(port) != DEFAULT_PORTS[scheme]:
+        host = f"{host}:{int(port)}"
+    suggestion = f"{scheme}://{host}"
+    return suggestion if suggestion != client_id and origin_problem(suggestion) is None else None
+
+
+def unicode_host(host: str) -> str | None:
+    """The Unicode form of a host with punycode labels (an IDN), or None if it has none."""
+    labels = host.split(".")
+    if not any(label.startswith("xn--") for label in labels):
         return None
-    if parts.scheme not in ("http", "https"):
-        return None
-    netloc = f"[{host}]" if ":" in host else host
-    canonical = f"{parts.scheme}://{netloc}" + (f":{port}" if port is not None else "")
-    return client_id if canonical == client_id else None
+    return ".".join(_unicode_label(label) or label for label in labels)
+
+
+def web_origin(client_id: str) -> str | None:
+    """``client_id`` if it is exactly a serialised web origin (``origin_problem``), else None."""
+    return client_id if origin_problem(client_id) is None else None
 
 
 def redirect_matches(registered: str, requested: str) -> bool:
@@ -82,6 +189,17 @@ class Client:
     redirect_uris: tuple[str, ...]
     origin: str | None  # set for web-origin clients, which get web_message responses
     device: bool = False  # registered with --device: may use the device authorization grant
+
+    @property
+    def host(self) -> str | None:
+        """A web app's host, as its origin spells it (lowercase ASCII, punycode)."""
+        return None if self.origin is None else self.origin.split("://", 1)[1]
+
+    @property
+    def idn(self) -> str | None:
+        """The Unicode reading of an internationalised host, shown beside the ASCII one."""
+        host = self.host
+        return None if host is None else unicode_host(host.rsplit(":", 1)[0])
 
     # authlib's ClientMixin, as far as the authorization-code grant uses it.
     def get_client_id(self) -> str:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import secrets
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 from starlette.concurrency import run_in_threadpool
@@ -14,51 +13,12 @@ from webauthn.helpers import base64url_to_bytes, bytes_to_base64url
 
 from keybroker import provider_keys
 from keybroker.auth import accounts, passkeys
-from keybroker.auth.challenges import ChallengeError
 from keybroker.auth.csrf import is_cross_site
 from keybroker.context import Context, get_context
-from keybroker.web import abuse
-from keybroker.web.http import HTTPProblem, problem, read_json_object
-
-Handler = Callable[[Request], Awaitable[Response]]
-
-
-def ceremony_endpoint(
-    func: Callable[[Request, Context, dict[str, Any]], Awaitable[Response]],
-) -> Handler:
-    """Same-origin check, bounded JSON body, and one error shape for every ceremony step."""
-
-    async def endpoint(request: Request) -> Response:
-        ctx = get_context(request)
-        if is_cross_site(request, expected_origin=ctx.settings.origin, method=request.method):
-            return problem(403, "Cross-site request refused.")
-        try:
-            await abuse.check(
-                ctx.proxy.limits,
-                abuse.CEREMONY_PER_IP,
-                abuse.client_ip(request),
-                ctx.settings.abuse_limit_scale,
-            )
-            body = await read_json_object(request)
-            return await func(request, ctx, body)
-        except abuse.TooManyAttempts as exc:
-            response = problem(429, exc.message)
-            response.headers["retry-after"] = str(exc.retry_after)
-            return response
-        except HTTPProblem as exc:
-            return problem(exc.status, exc.message)
-        except (ChallengeError, passkeys.PasskeyError) as exc:
-            return problem(400, exc.message)
-
-    return endpoint
-
-
-def _ceremony(body: dict[str, Any], ctx: Context, purpose: str) -> tuple[str | None, bytes]:
-    ceremony = body.get("ceremony")
-    if not isinstance(ceremony, str) or len(ceremony) > 64:
-        raise HTTPProblem(400, "Missing ceremony id. Start again.")
-    issued = ctx.challenges.consume(ceremony, expected_purpose=purpose)
-    return issued.subject, issued.challenge
+from keybroker.web.ceremony import ceremony_endpoint, consume_ceremony
+from keybroker.web.confirm import verify_fresh_assertion
+from keybroker.web.http import HTTPProblem, problem
+from keybroker.web.notices import Notices
 
 
 @ceremony_endpoint
@@ -78,7 +38,7 @@ async def register_options(request: Request, ctx: Context, body: dict[str, Any])
 
 @ceremony_endpoint
 async def register_verify(request: Request, ctx: Context, body: dict[str, Any]) -> Response:
-    handle, challenge = await run_in_threadpool(_ceremony, body, ctx, "register")
+    handle, challenge = await run_in_threadpool(consume_ceremony, body, ctx, "register")
     assert handle is not None
     cred = passkeys.verify_new_credential(
         body.get("credential"), rp=ctx.rp, expected_challenge=challenge
@@ -109,7 +69,7 @@ async def login_options(request: Request, ctx: Context, body: dict[str, Any]) ->
 
 @ceremony_endpoint
 async def login_verify(request: Request, ctx: Context, body: dict[str, Any]) -> Response:
-    _, challenge = await run_in_threadpool(_ceremony, body, ctx, "login")
+    _, challenge = await run_in_threadpool(consume_ceremony, body, ctx, "login")
     credential = body.get("credential")
     credential_id, _handle = passkeys.credential_user_handle(credential)
     found = await run_in_threadpool(accounts.find_credential, ctx.engine, credential_id)
@@ -142,20 +102,23 @@ async def add_options(request: Request, ctx: Context, body: dict[str, Any]) -> R
         user_name=signed_in.user.name,
         exclude_credential_ids=[base64url_to_bytes(p.credential_id) for p in existing],
     )
-    stored = await run_in_threadpool(provider_keys.stored_key, ctx.engine, signed_in.user.id)
-    # In strict custody a new passkey's slot can only be made with an existing passkey's
-    # PRF output: the page confirms with one first (``confirm``).
-    return JSONResponse(
-        {"ceremony": issued.id, "publicKey": options, "confirm": bool(stored and stored.strict)}
-    )
+    return JSONResponse({"ceremony": issued.id, "publicKey": options})
 
 
 @ceremony_endpoint
 async def add_verify(request: Request, ctx: Context, body: dict[str, Any]) -> Response:
+    """A new passkey is a new way into the account, so it needs, beside the session, a fresh
+    user-verified assertion by a passkey the account already has (``confirm``): a stolen
+    cookie alone must not let the thief add one of their own. The confirming passkey's PRF
+    output also opens the vault in strict custody, for the new passkey's key slot."""
     signed_in = await run_in_threadpool(ctx.sessions.current, request)
     if signed_in is None:
         raise HTTPProblem(401, "Sign in first.")
-    user_id, challenge = await run_in_threadpool(_ceremony, body, ctx, "add")
+    confirm = body.get("confirm")
+    if not isinstance(confirm, dict):
+        raise HTTPProblem(400, "Confirm with a passkey you already have first.")
+    opener = await verify_fresh_assertion(ctx, signed_in.user.id, confirm)
+    user_id, challenge = await run_in_threadpool(consume_ceremony, body, ctx, "add")
     if user_id != signed_in.user.id:
         raise HTTPProblem(400, "This passkey request belongs to another session. Start again.")
     cred = passkeys.verify_new_credential(
@@ -163,11 +126,6 @@ async def add_verify(request: Request, ctx: Context, body: dict[str, Any]) -> Re
     )
     if await run_in_threadpool(accounts.find_credential, ctx.engine, cred.credential_id):
         raise HTTPProblem(409, "This passkey is already registered.")
-    opener = None
-    if isinstance(body.get("confirm"), dict):
-        from keybroker.web.confirm import verify_fresh_assertion
-
-        opener = await verify_fresh_assertion(ctx, signed_in.user.id, body["confirm"])
     name = str(body.get("name") or "").strip()[:100] or "Passkey"
     prf, output = passkeys.prf_outputs(body.get("credential"))
     row = await run_in_threadpool(
@@ -184,7 +142,8 @@ async def add_verify(request: Request, ctx: Context, body: dict[str, Any]) -> Re
             )
         except provider_keys.VaultLockedError:
             slotted = False
-    return JSONResponse({"ok": True, "key_slot": slotted})
+    added = Notices(ctx.settings.secret_key).url("/settings", "done", "Passkey added.", "passkeys")
+    return JSONResponse({"ok": True, "key_slot": slotted, "redirect": added})
 
 
 async def sign_out(request: Request) -> Response:

@@ -1,5 +1,6 @@
 """Fresh passkey confirmation for consequential actions: "Allow" on the consent screen,
-deleting the key, removing a passkey, deleting the account.
+saving, replacing or deleting the key, adding or removing a passkey, switching custody,
+deleting the account.
 
 A signed-in session is not enough for these: the owner confirms with a new user-verified
 assertion by one of the account's own passkeys (W3C WebAuthn §7.2, challenge single use).
@@ -19,7 +20,7 @@ from keybroker.auth import accounts, passkeys
 from keybroker.auth.challenges import ChallengeError
 from keybroker.context import Context
 from keybroker.provider_keys import CustodyError, PrfProof, VaultLockedError
-from keybroker.web.auth_routes import ceremony_endpoint
+from keybroker.web.ceremony import ceremony_endpoint
 from keybroker.web.http import HTTPProblem, problem
 
 PURPOSE = "confirm"
@@ -84,14 +85,19 @@ CONFIRMATION_ERRORS = (
 )
 
 
+def confirmation_failure(exc: Exception) -> tuple[int, str, str | None]:
+    """Status, safe message and code for one of CONFIRMATION_ERRORS."""
+    if isinstance(exc, HTTPProblem):
+        return exc.status, exc.message, exc.code
+    if isinstance(exc, VaultLockedError | CustodyError):
+        return 409, exc.message, None
+    assert isinstance(exc, ChallengeError | passkeys.PasskeyError)
+    return 400, exc.message, None
+
+
 def confirmation_problem(exc: Exception) -> JSONResponse:
     """The JSON answer for one of CONFIRMATION_ERRORS."""
-    if isinstance(exc, HTTPProblem):
-        return problem(exc.status, exc.message, exc.code)
-    if isinstance(exc, VaultLockedError | CustodyError):
-        return problem(409, exc.message)
-    assert isinstance(exc, ChallengeError | passkeys.PasskeyError)
-    return problem(400, exc.message)
+    return problem(*confirmation_failure(exc))
 
 
 routes = [Route("/auth/confirm/options", confirm_options, methods=["POST"])]

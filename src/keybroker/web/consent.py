@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from typing import Any
 from urllib.parse import parse_qsl
 
-from authlib.oauth2.rfc6749.errors import OAuth2Error
+from authlib.oauth2.rfc6749.errors import InvalidClientError, OAuth2Error
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -24,7 +24,7 @@ from keybroker.auth.sessions import SignedIn
 from keybroker.context import Context, get_context
 from keybroker.grants import ChoiceError
 from keybroker.oauth.approval import Consent
-from keybroker.oauth.clients import SCOPES, Client
+from keybroker.oauth.clients import SCOPES, Client, canonical_suggestion, origin_problem
 from keybroker.oauth.server import HTTPInput, OAuthResult, with_params
 from keybroker.proxy.scopes import BY_NAME
 from keybroker.web.confirm import (
@@ -49,6 +49,14 @@ def _input(request: Request, query: str) -> HTTPInput:
 
 
 def _validate(ctx: Context, given: HTTPInput) -> Any:
+    client_id = dict(given.query).get("client_id", "")
+    if "://" in client_id and (why := origin_problem(client_id)) is not None:
+        # A look-alike or second spelling of a web origin: say why, never redirect.
+        meant = canonical_suggestion(client_id)
+        hint = f" The canonical form would be {meant}." if meant else ""
+        raise InvalidClientError(
+            description=f"The app's client_id is not a canonical web origin. {why}{hint}"
+        )
     try:
         grant = ctx.oauth.get_consent_grant(given)
     except ValueError:

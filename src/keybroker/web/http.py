@@ -53,7 +53,23 @@ async def read_json_object(request: Request, limit: int = JSON_LIMIT) -> dict[st
 
 
 def safe_next(value: str | None, default: str = "/settings") -> str:
-    """A same-site path to go to after sign-in; anything else falls back (no open redirect)."""
-    if not value or not value.startswith("/") or value.startswith("//") or "\\" in value:
+    """A path on this broker to go to after sign-in; anything else is ``default``.
+
+    Browsers resolve a Location or ``location.assign`` with the WHATWG URL parser, which
+    drops tabs and newlines and reads a backslash as "/", so that "/<TAB>/evil" or "/<BSL>evil"
+    become "//evil": another host. So only printable ASCII passes (no controls, whitespace or
+    non-ASCII), the value starts with exactly one "/", and its path part holds no backslash,
+    no "//" and no dot segment (plain or percent-encoded). The page's script checks again
+    with ``new URL(next, location.origin)`` before it navigates (static/js/http.js).
+    """
+    if not value or len(value) > 4096 or not value.startswith("/"):
+        return default
+    if any(not 0x21 <= ord(c) <= 0x7E for c in value) or "\\" in value:
+        return default  # controls, whitespace, non-ASCII, backslashes anywhere
+    path = value.split("?", 1)[0].split("#", 1)[0]
+    if "//" in path:
+        return default
+    segments = path.lower().replace("%2e", ".").split("/")
+    if any(s in (".", "..") for s in segments):
         return default
     return value

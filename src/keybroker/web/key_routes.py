@@ -1,6 +1,14 @@
-"""The key page: paste, replace and delete the owner's OpenAI key."""
+"""The key page: paste, replace and delete the owner's OpenAI key.
+
+Saving a key, the first or a replacement, needs a fresh user-verified passkey assertion
+(web/confirm.py), not only the session: a stolen cookie must not swap in the thief's key,
+which would receive the traffic of every app allowed later.
+"""
 
 from __future__ import annotations
+
+import json
+from typing import Any
 
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
@@ -11,7 +19,12 @@ from keybroker import provider_keys
 from keybroker.context import get_context
 from keybroker.grants import grants_of
 from keybroker.web import abuse
-from keybroker.web.forms import guard, read_form
+from keybroker.web.confirm import (
+    CONFIRMATION_ERRORS,
+    confirmation_failure,
+    verify_fresh_assertion,
+)
+from keybroker.web.forms import Form, guard, read_form
 from keybroker.web.http import HTTPProblem, safe_next
 from keybroker.web.pages import render
 
@@ -31,7 +44,7 @@ async def key_page(
         signed_in=signed_in,
         stored=stored,
         error=error,
-        next_url=safe_next(request.query_params.get("next"), "/key"),
+        next_url=safe_next(next_url or request.query_params.get("next"), "/key"),
         saved=request.query_params.get("saved"),
     )
 
@@ -50,6 +63,11 @@ async def save_key(request: Request) -> Response:
             else exc.message
         )
         return await key_page(request, error=message, status=exc.status)
+    try:
+        await verify_fresh_assertion(ctx, signed_in.user.id, _confirmation(form))
+    except CONFIRMATION_ERRORS as exc:
+        status, message, _ = confirmation_failure(exc)
+        return await key_page(request, error=message, status=status, next_url=form.get("next"))
     try:
         key = provider_keys.check_shape(form.get("key"))
         # Checked before the upstream is asked: keybroker must not become a key tester.
@@ -90,6 +108,15 @@ async def save_key(request: Request) -> Response:
     return RedirectResponse(
         f"{next_url}{separator}saved=1" if next_url == "/key" else next_url, status_code=303
     )
+
+
+def _confirmation(form: Form) -> dict[str, Any]:
+    """The passkey assertion that key.js put in the form's hidden fields."""
+    try:
+        credential = json.loads(form.get("credential") or "null")
+    except ValueError:
+        credential = None
+    return {"ceremony": form.get("ceremony") or None, "credential": credential}
 
 
 async def confirm_delete(request: Request) -> Response:

@@ -26,6 +26,7 @@ from keybroker.web.confirm import (
 )
 from keybroker.web.forms import guard, json_guard, read_form
 from keybroker.web.http import HTTPProblem, read_json_object
+from keybroker.web.notices import Kind, Notices
 from keybroker.web.pages import render
 
 
@@ -72,9 +73,17 @@ async def settings_page(request: Request) -> Response:
         activity=activity,
         more_activity=more,
         slots=slots,
-        done=request.query_params.get("done"),
-        error=request.query_params.get("error"),
+        notice=_notices(ctx).read(request.query_params.get("notice")),
     )
+
+
+def _notices(ctx: Context) -> Notices:
+    return Notices(ctx.settings.secret_key)
+
+
+def _back(ctx: Context, kind: Kind, text: str, fragment: str = "") -> str:
+    """The settings page showing ``text`` (signed: the page shows no text from a link)."""
+    return _notices(ctx).url("/settings", kind, text, fragment)
 
 
 FormAction = Callable[[Request, Context, SignedIn, dict[str, str]], Awaitable[str]]
@@ -87,23 +96,18 @@ def form_action(action: FormAction) -> Callable[[Request], Awaitable[Response]]:
         signed_in = await guard(request, "/settings")
         if isinstance(signed_in, Response):
             return signed_in
+        ctx = get_context(request)
         try:
             form = await read_form(request)
-            done = await action(request, get_context(request), signed_in, form.fields)
+            done = await action(request, ctx, signed_in, form.fields)
         except (HTTPProblem, ChoiceError) as exc:
             message = exc.message if isinstance(exc, HTTPProblem) else str(exc)
-            return RedirectResponse(f"/settings?error={_quote(message)}#apps", status_code=303)
+            return RedirectResponse(_back(ctx, "error", message, "apps"), status_code=303)
         except GrantNotFoundError:
-            return RedirectResponse("/settings?error=No+such+app#apps", status_code=303)
-        return RedirectResponse(f"/settings?done={_quote(done)}", status_code=303)
+            return RedirectResponse(_back(ctx, "error", "No such app.", "apps"), status_code=303)
+        return RedirectResponse(_back(ctx, "done", done), status_code=303)
 
     return endpoint
-
-
-def _quote(text: str) -> str:
-    from urllib.parse import quote_plus
-
-    return quote_plus(text[:200])
 
 
 async def revoke(request: Request, ctx: Context, signed_in: SignedIn, form: dict[str, str]) -> str:
@@ -241,7 +245,7 @@ async def remove_passkey(
         raise HTTPProblem(404, "No such passkey.")
     if last_slot:  # only once the passkey is really gone
         await run_in_threadpool(provider_keys.delete_key, ctx.engine, signed_in.user.id)
-    return {"redirect": "/settings?done=Passkey+removed.#passkeys"}
+    return {"redirect": _back(ctx, "done", "Passkey removed.", "passkeys")}
 
 
 async def delete_key(
@@ -284,7 +288,7 @@ async def custody(
         )
     )
     done = "Strict custody is on." if strict else "Master-key custody is on."
-    return {"redirect": f"/settings?done={_quote(done)}#key"}
+    return {"redirect": _back(ctx, "done", done, "key")}
 
 
 async def grant_requests(request: Request) -> Response:
@@ -297,7 +301,7 @@ async def grant_requests(request: Request) -> Response:
             grant_store.owned, ctx.engine, request.path_params["grant_id"], signed_in.user.id
         )
     except GrantNotFoundError:
-        return RedirectResponse("/settings?error=No+such+app", status_code=303)
+        return RedirectResponse(_back(ctx, "error", "No such app."), status_code=303)
     page = _page(request)
     rows, more = await run_in_threadpool(reports.requests_page, ctx.engine, grant.id, page)
     return render(
