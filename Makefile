@@ -7,7 +7,7 @@ LOCK := requirements.lock
 UV_VERSION := 0.13.9
 NPM_CI := npm ci --no-audit --no-fund --loglevel=error
 
-.PHONY: run test install lock lock-upgrade sdk demo release-check bench clean
+.PHONY: run test install lock lock-upgrade sdk demo release-check bench bench-history clean
 
 # The pinned set from the lock file (hash-checked), then keybroker and keybroker-client
 # (clients/python) without dependencies; check_lock.py stops here if either pyproject.toml
@@ -70,6 +70,11 @@ bench: install
 	command -v wrk >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk)
 	$(PY) -m bench
 
+## bench-history: /settings, /api/grant and first requests over a long usage history (1M rows on
+## SQLite, 10M on PostgreSQL at 127.0.0.1:5432, built once and kept; docs/benchmarks-history.md)
+bench-history: install
+	$(PY) -m bench.history $(BENCH_HISTORY_ARGS)
+
 clean:
-	rm -rf $(VENV) .venv-3.* .keybroker .pytest_cache .mypy_cache .ruff_cache \
+	rm -rf $(VENV) .venv-3.* .keybroker .bench-history .pytest_cache .mypy_cache .ruff_cache \
 	  js-sdk/node_modules examples/demo-app/node_modules examples/demo-app/dist

@@ -25,6 +25,7 @@ TABLES = {
     "device_codes",
     "grants",
     "usage",
+    "usage_days",
     "alembic_version",
 }
 

@@ -182,3 +182,14 @@ def test_upstream_and_server_limits_are_settings(tmp_path: Path) -> None:
             {"KEYBROKER_DATA_DIR": str(tmp_path), "KEYBROKER_SERVER_PROTOCOL": "fastest"},
             env_file=None,
         )
+
+
+def test_usage_retention_days(tmp_path: Path) -> None:
+    env = {"KEYBROKER_DATA_DIR": str(tmp_path)}
+    assert load_settings(env, env_file=None).usage_retention_days == 90
+    for value, days in (("30", 30), ("0", 0), (" 365 ", 365)):
+        settings = load_settings({**env, "KEYBROKER_USAGE_RETENTION_DAYS": value}, env_file=None)
+        assert settings.usage_retention_days == days
+    for bad in ("-1", "1.5", "ninety", "99999"):
+        with pytest.raises(SettingsError, match="KEYBROKER_USAGE_RETENTION_DAYS"):
+            load_settings({**env, "KEYBROKER_USAGE_RETENTION_DAYS": bad}, env_file=None)

@@ -8,6 +8,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import MutableHeaders
 from starlette.middleware import Middleware
 from starlette.routing import Mount
@@ -15,12 +16,13 @@ from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 from starlette.types import Message, Receive, Scope, Send
 
-from keybroker import db, metrics
+from keybroker import db, metrics, rollups
 from keybroker.auth.challenges import ChallengeStore, DatabaseChallengeStore
 from keybroker.auth.passkeys import RelyingParty
 from keybroker.auth.sessions import SessionManager
 from keybroker.context import Context
 from keybroker.crypto.keyring import KeyRing
+from keybroker.grants import get_grant
 from keybroker.oauth import endpoints as oauth_endpoints
 from keybroker.oauth.grants import build_server
 from keybroker.proxy import grant_info
@@ -90,7 +92,7 @@ def build_context(settings: Settings) -> Context:
     proxy = ProxyApp(
         grants=cache,
         spend=Spend(limits, PriceTable.load(settings.pricing_file), engine),
-        recorder=Recorder(engine),
+        recorder=Recorder(engine, retention_days=settings.usage_retention_days),
         upstream=Upstream.from_settings(settings),
     )
     return Context(
@@ -105,6 +107,14 @@ def build_context(settings: Settings) -> Context:
         proxy=proxy,
         bridge=bridge,
     )
+
+
+def warm_up(ctx: Context) -> None:
+    """Pay at start what the first request of a grant would otherwise pay: the ORM's mappers
+    configured, the grant and month's-spend statements compiled, a pooled connection open."""
+    nobody = "0" * 20
+    get_grant(ctx.engine, nobody)
+    rollups.month_spend(ctx.engine, nobody)
 
 
 class KeybrokerApp:
@@ -140,6 +150,7 @@ def create_app(settings: Settings, *, migrate: bool | None = None) -> KeybrokerA
                 " with real KEYBROKER_SECRET_KEY and KEYBROKER_MASTER_KEYS for real use",
                 settings.data_dir,
             )
+        await run_in_threadpool(warm_up, ctx)
         await ctx.proxy.upstream.start()
         ctx.proxy.recorder.start()
         if ctx.bridge is not None:

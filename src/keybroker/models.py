@@ -3,9 +3,18 @@
 from __future__ import annotations
 
 import secrets
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 
-from sqlalchemy import BigInteger, Column, ForeignKey, LargeBinary, String, UniqueConstraint
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    Date,
+    ForeignKey,
+    Index,
+    LargeBinary,
+    String,
+    UniqueConstraint,
+)
 from sqlmodel import Field, SQLModel
 
 
@@ -181,9 +190,15 @@ class Grant(SQLModel, table=True):
 
 
 class UsageRecord(SQLModel, table=True):
-    """One proxied request: what it cost, never what it said."""
+    """One proxied request: what it cost, never what it said.
+
+    Kept for ``KEYBROKER_USAGE_RETENTION_DAYS``; its totals live on in ``UsageDay``.
+    """
 
     __tablename__ = "usage"
+    # The request log pages a grant's rows by keyset (grant_id, id < before), newest first:
+    # SQLite's index on grant_id holds the rowid (id) already; PostgreSQL gets an index on
+    # (grant_id, id) from migration 0008.
     id: int | None = Field(default=None, primary_key=True)
     grant_id: str = Field(
         sa_column=Column(
@@ -215,6 +230,29 @@ class OwnedObject(SQLModel, table=True):
     object_id: str = Field(primary_key=True, max_length=200)
     kind: str = Field(max_length=40)
     created_at: datetime = Field(default_factory=utcnow)
+
+
+def _big() -> Column[int]:
+    return Column(BigInteger, nullable=False, default=0)
+
+
+class UsageDay(SQLModel, table=True):
+    """One grant's usage on one UTC day, added to as its rows are written (keybroker.rollups)."""
+
+    __tablename__ = "usage_days"
+    __table_args__ = (Index("ix_usage_days_user_id_day", "user_id", "day"),)
+    grant_id: str = Field(
+        sa_column=Column(String(32), ForeignKey("grants.id", ondelete="CASCADE"), primary_key=True)
+    )
+    day: date = Field(sa_column=Column(Date, primary_key=True))
+    user_id: str = Field(
+        sa_column=Column(String(32), ForeignKey("users.id", ondelete="CASCADE"), nullable=False)
+    )
+    # 64 bits: a busy grant's tokens over a day can pass 2^31.
+    requests: int = Field(default=0, sa_column=_big())
+    input_tokens: int = Field(default=0, sa_column=_big())
+    output_tokens: int = Field(default=0, sa_column=_big())
+    cost_microusd: int = Field(default=0, sa_column=_big())
 
 
 class KeySlot(SQLModel, table=True):

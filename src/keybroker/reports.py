@@ -1,4 +1,4 @@
-"""Numbers for the settings page, all from recorded usage."""
+"""Numbers for the settings page: totals and charts from the daily rollups, logs by keyset."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from typing import Any
 from sqlalchemy import Engine, Select, func, select
 from sqlmodel import Session, col
 
+from keybroker import rollups
 from keybroker.models import AuditEvent, UsageRecord, utcnow
-from keybroker.proxy.usage import month_start
 
 PAGE = 50
 
@@ -31,42 +31,25 @@ class Day:
 
 
 def month_totals(engine: Engine, user_id: str, now: datetime | None = None) -> dict[str, Totals]:
-    start = month_start(now or utcnow())
-    with Session(engine) as db:
-        rows = db.execute(
-            select(
-                col(UsageRecord.grant_id),
-                func.count(),
-                func.sum(UsageRecord.input_tokens),
-                func.sum(UsageRecord.output_tokens),
-                func.sum(UsageRecord.cost_microusd),
-            )
-            .where(col(UsageRecord.user_id) == user_id, col(UsageRecord.at) >= start)
-            .group_by(col(UsageRecord.grant_id))
-        ).all()
-    return {r[0]: Totals(int(r[1]), int(r[2] or 0), int(r[3] or 0), int(r[4] or 0)) for r in rows}
+    """Per grant, this UTC calendar month's totals: one query over at most 31 rows a grant."""
+    found: dict[str, list[int]] = {}
+    for row in rollups.days_of(engine, user_id, rollups.month_first_day(now or utcnow())):
+        sums = found.setdefault(row.grant_id, [0, 0, 0, 0])
+        sums[0] += row.requests
+        sums[1] += row.input_tokens
+        sums[2] += row.output_tokens
+        sums[3] += row.cost_microusd
+    return {grant_id: Totals(*sums) for grant_id, sums in found.items()}
 
 
 def daily(
     engine: Engine, user_id: str, days: int = 30, now: datetime | None = None
 ) -> dict[str, list[Day]]:
-    """Per grant, one entry per day for the last ``days`` days (zeros included)."""
-    today = (now or utcnow()).date()
-    first = today - timedelta(days=days - 1)
-    start = datetime(first.year, first.month, first.day, tzinfo=(now or utcnow()).tzinfo)
-    day_of = func.date(UsageRecord.at)
-    with Session(engine) as db:
-        rows = db.execute(
-            select(
-                col(UsageRecord.grant_id), day_of, func.sum(UsageRecord.cost_microusd), func.count()
-            )
-            .where(col(UsageRecord.user_id) == user_id, col(UsageRecord.at) >= start)
-            .group_by(col(UsageRecord.grant_id), day_of)
-        ).all()
+    """Per grant, one entry per UTC day for the last ``days`` days (zeros included)."""
+    first, _ = rollups.window(now or utcnow(), days)
     found: dict[str, dict[date, tuple[int, int]]] = {}
-    for grant_id, day, cost, count in rows:
-        day = day if isinstance(day, date) else date.fromisoformat(str(day)[:10])
-        found.setdefault(grant_id, {})[day] = (int(cost or 0), int(count))
+    for row in rollups.days_of(engine, user_id, first):
+        found.setdefault(row.grant_id, {})[row.day] = (row.cost_microusd, row.requests)
     return {
         grant_id: [
             Day(first + timedelta(days=i), *per_day.get(first + timedelta(days=i), (0, 0)))
@@ -83,14 +66,33 @@ def _page_of(query: Select[Any], engine: Engine, page: int) -> tuple[list[Any], 
     return rows[:PAGE], len(rows) > PAGE
 
 
-def requests_page(engine: Engine, grant_id: str, page: int) -> tuple[list[UsageRecord], bool]:
-    return _page_of(
-        select(UsageRecord)
-        .where(col(UsageRecord.grant_id) == grant_id)
-        .order_by(col(UsageRecord.id).desc()),
-        engine,
-        page,
-    )
+def requests_page(
+    engine: Engine, grant_id: str, before: int | None = None
+) -> tuple[list[UsageRecord], bool]:
+    """Up to PAGE of a grant's requests with ids below ``before``, newest first, and whether
+    older ones exist. A keyset: each page costs the same however far back it is (no OFFSET)."""
+    query = select(UsageRecord).where(col(UsageRecord.grant_id) == grant_id)
+    if before is not None:
+        query = query.where(col(UsageRecord.id) < before)
+    with Session(engine) as db:
+        rows = list(
+            db.execute(query.order_by(col(UsageRecord.id).desc()).limit(PAGE + 1)).scalars()
+        )
+    return rows[:PAGE], len(rows) > PAGE
+
+
+def oldest_request(engine: Engine, grant_id: str) -> datetime | None:
+    """When the grant's oldest kept request was made (older ones were deleted by retention)."""
+    with Session(engine) as db:
+        first = db.execute(
+            select(func.min(UsageRecord.id)).where(col(UsageRecord.grant_id) == grant_id)
+        ).scalar_one()
+        if first is None:
+            return None
+        at: datetime = db.execute(
+            select(col(UsageRecord.at)).where(col(UsageRecord.id) == first)
+        ).scalar_one()
+    return at
 
 
 def activity_page(engine: Engine, user_id: str, page: int) -> tuple[list[AuditEvent], bool]:

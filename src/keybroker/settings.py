@@ -68,6 +68,9 @@ class Settings:
     abuse_limit_scale: float = 1.0
     public_url_set: bool = True  # KEYBROKER_PUBLIC_URL was given (always so in production)
     metrics_token: str | None = field(default=None, repr=False)
+    # Raw per-request usage rows older than this are deleted (0: kept for good); the daily
+    # rollups, and so every total, are kept.
+    usage_retention_days: int = 90
 
     @property
     def production(self) -> bool:
@@ -223,6 +226,7 @@ def load_settings(
         abuse_limit_scale=float(get("KEYBROKER_ABUSE_LIMIT_SCALE") or 1.0),
         public_url_set=get("KEYBROKER_PUBLIC_URL") is not None,
         metrics_token=get("KEYBROKER_METRICS_TOKEN"),
+        usage_retention_days=_retention_days(get("KEYBROKER_USAGE_RETENTION_DAYS")),
     )
 
 
@@ -243,6 +247,17 @@ def upstream_proxy(url: str, environ: Mapping[str, str]) -> str | None:
         if found.get(name):
             return name.upper()
     return None
+
+
+def _retention_days(value: str | None) -> int:
+    if value is None:
+        return 90
+    if not value.isdigit() or int(value) > 36_500:
+        raise SettingsError(
+            "KEYBROKER_USAGE_RETENTION_DAYS must be a whole number of days from 0 (keep raw "
+            f"usage rows for good) to 36500, not {value!r}"
+        )
+    return int(value)
 
 
 def mask_url(url: str) -> str:

@@ -18,11 +18,12 @@ from typing import Any
 from sqlalchemy import Engine
 from starlette.concurrency import run_in_threadpool
 
+from keybroker import rollups
 from keybroker.grants import GrantView
 from keybroker.models import utcnow
 from keybroker.proxy.limits import FREE, Ask, Decision, Limits, Reservation, SpendUnknown
 from keybroker.proxy.pricing import Price, PriceTable, token_cost, whole
-from keybroker.proxy.usage import Seen, month_of, monthly_spend
+from keybroker.proxy.usage import Seen, month_of
 
 # What each (method, path template) costs by; "{}" is one path segment. Unlisted: free (reads,
 # deletes, files, uploads, conversations). "unknown": it costs money that no answer reports
@@ -282,7 +283,8 @@ class Spend:
             )
 
     async def load(self, grant_id: str, month: str) -> None:
-        spent = await run_in_threadpool(monthly_spend, self.engine, grant_id)
+        # The month's spend from the daily rollups: at most 31 rows, whatever the history.
+        spent = await run_in_threadpool(rollups.month_spend, self.engine, grant_id)
         await self.limits.load_spent(grant_id, month, spent)
 
     async def state(self, grant: GrantView) -> tuple[int, int]:

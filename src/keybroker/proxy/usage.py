@@ -15,10 +15,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, NamedTuple
 
-from sqlalchemy import Engine, func, select
-from sqlmodel import Session, col
+from sqlalchemy import Engine
 
-from keybroker.models import UsageRecord, utcnow
 from keybroker.proxy.pricing import Tokens
 from keybroker.proxy.usage_writer import UsageRow, WriterGone, WriterProcess
 
@@ -35,10 +33,6 @@ GATHER_SECONDS = 0.05
 
 def month_of(moment: datetime) -> str:
     return f"{moment.year:04d}-{moment.month:02d}"
-
-
-def month_start(moment: datetime) -> datetime:
-    return moment.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
 
 
 def _count(value: Any) -> int:
@@ -225,8 +219,10 @@ class Finished(NamedTuple):
 
 
 class Recorder:
-    def __init__(self, engine: Engine) -> None:
-        self.writer = WriterProcess(engine.url.render_as_string(hide_password=False))
+    def __init__(self, engine: Engine, *, retention_days: int = 0) -> None:
+        self.writer = WriterProcess(
+            engine.url.render_as_string(hide_password=False), retention_days
+        )
         # A plain list and two events rather than an asyncio.Queue: appending is all the hot
         # path does; the writer takes everything gathered at once.
         self._rows: list[UsageRow] = []
@@ -301,14 +297,3 @@ class Recorder:
             written = False
         if not written:
             self.write_errors += 1
-
-
-def monthly_spend(engine: Engine, grant_id: str, now: datetime | None = None) -> int:
-    start = month_start(now or utcnow())
-    with Session(engine) as db:
-        total = db.execute(
-            select(func.coalesce(func.sum(UsageRecord.cost_microusd), 0)).where(
-                col(UsageRecord.grant_id) == grant_id, col(UsageRecord.at) >= start
-            )
-        ).scalar_one()
-    return int(total)

@@ -6,15 +6,20 @@ proxy's 1-connection p99 (docs/benchmarks.md). Rows reach the writer over its st
 batch is answered on its stdout, so the proxy learns of every write that failed.
 
 Frames on stdin: a 4-byte big-endian length, then the payload. The first payload is the
-database URL; every later one is a JSON array of rows (each a ``UsageRow`` as an array, its
-time in ISO 8601), answered by one byte: ``1`` written, ``0`` failed (the writer has logged
-why). The writer exits at the end of its stdin, so it never outlives the broker.
+database URL, then optionally a newline and the retention in days (``keybroker.retention``:
+a thread of the writer deletes raw rows older than that; absent or 0, none); every later
+one is a JSON array of rows (each a ``UsageRow`` as an array, its time in ISO 8601),
+answered by one byte: ``1`` written, ``0`` failed (the writer has logged why). The writer
+exits at the end of its stdin, so it never outlives the broker.
 
 Where Linux lets the broker take it back out again, the writer runs under ``SCHED_IDLE``: on a
 machine whose cores are all busy, a writer at normal priority delays a woken request by its
 scheduler slice (milliseconds); an idle-class one gives way at once. If a batch waits more
 than ``PATIENCE`` seconds (cores never idle), the writer is lifted to normal priority until
 that batch is written, so rows cannot pile up.
+
+Each batch adds to the daily rollups (``keybroker.rollups``) in the transaction that inserts
+its rows, so totals never count a row that was not written, nor miss one that was.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ import os
 import re
 import resource
 import sys
+import threading
 from datetime import datetime
 from pathlib import Path
 from typing import IO, NamedTuple
@@ -35,7 +41,9 @@ from sqlalchemy import Engine, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import col
 
+from keybroker import rollups
 from keybroker.models import Grant, UsageRecord
+from keybroker.retention import Pruner
 
 logger = logging.getLogger("keybroker.usage")
 
@@ -69,7 +77,7 @@ class WriterGone(Exception):
 
 
 def write_rows(engine: Engine, rows: list[UsageRow]) -> None:
-    """One transaction: the rows, and each grant's last use."""
+    """One transaction: the rows, their days' rollups, and each grant's last use."""
     try:
         _insert(engine, rows)
     except IntegrityError:
@@ -95,6 +103,7 @@ def _insert(engine: Engine, rows: list[UsageRow]) -> None:
         last[row.grant_id] = max(row.at, last.get(row.grant_id, row.at))
     with engine.begin() as conn:
         conn.execute(insert(UsageRecord), [row._asdict() for row in rows])
+        rollups.add(conn, rows)
         for grant_id, at in last.items():
             conn.execute(update(Grant).where(col(Grant.id) == grant_id).values(last_used_at=at))
 
@@ -133,11 +142,25 @@ def set_idle(pid: int, idle: bool) -> None:
         os.sched_setscheduler(pid, policy, os.sched_param(0))
 
 
+def normal_priority() -> None:
+    """Take the calling thread out of SCHED_IDLE, where it may leave it.
+
+    For the retention thread: a batch holds SQLite's write lock, and an idle-class thread can
+    be kept off a busy CPU for long with the lock held while every other writer waits. At
+    normal priority a batch ends within its few milliseconds, and its pauses keep its share
+    of a CPU small. sched(7): with pid 0 the call applies to the calling thread only.
+    """
+    if SCHED_IDLE is not None and os.sched_getscheduler(0) == SCHED_IDLE and may_leave_idle():
+        with contextlib.suppress(OSError):
+            os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
+
+
 class WriterProcess:
     """The broker's side: starts the writer when first needed, and again if it has ended."""
 
-    def __init__(self, database_url: str) -> None:
+    def __init__(self, database_url: str, retention_days: int = 0) -> None:
         self._url = database_url
+        self.retention_days = retention_days
         self._proc: asyncio.subprocess.Process | None = None
         self.idle_class = may_leave_idle()
         self.lifted = 0  # batches that waited PATIENCE and were written at normal priority
@@ -161,7 +184,7 @@ class WriterProcess:
             if self.idle_class:
                 set_idle(self._proc.pid, True)
             assert self._proc.stdin is not None
-            self._proc.stdin.write(frame(self._url.encode()))
+            self._proc.stdin.write(frame(f"{self._url}\n{self.retention_days}".encode()))
         return self._proc
 
     async def write(self, rows: list[UsageRow]) -> bool:
@@ -219,10 +242,15 @@ def main() -> None:
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     stdin, stdout = sys.stdin.buffer, sys.stdout.buffer
-    url = read_frame(stdin)
-    if url is None:
+    first = read_frame(stdin)
+    if first is None:
         return
-    engine = make_engine(url.decode())
+    url, _, days = first.decode().partition("\n")
+    engine = make_engine(url)
+    pruner = Pruner(engine, int(days or 0))
+    pruning = threading.Thread(target=_prune, args=(pruner,), name="retention", daemon=True)
+    if pruner.days:
+        pruning.start()
     while (payload := read_frame(stdin)) is not None:
         # JSON carried each row's time as ISO 8601 text.
         rows = [
@@ -237,7 +265,15 @@ def main() -> None:
             answer = FAILED
         stdout.write(answer)
         stdout.flush()
+    pruner.stop()
+    if pruning.is_alive():
+        pruning.join(timeout=10)
     engine.dispose()
+
+
+def _prune(pruner: Pruner) -> None:
+    normal_priority()
+    pruner.loop()
 
 
 if __name__ == "__main__":

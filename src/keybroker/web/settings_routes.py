@@ -302,10 +302,20 @@ async def grant_requests(request: Request) -> Response:
         )
     except GrantNotFoundError:
         return RedirectResponse(_back(ctx, "error", "No such app."), status_code=303)
-    page = _page(request)
-    rows, more = await run_in_threadpool(reports.requests_page, ctx.engine, grant.id, page)
+    value = request.query_params.get("before", "")
+    before = int(value) if value.isdigit() and len(value) <= 18 else None
+    rows, more = await run_in_threadpool(reports.requests_page, ctx.engine, grant.id, before)
+    oldest = await run_in_threadpool(reports.oldest_request, ctx.engine, grant.id)
     return render(
-        request, "requests.html", signed_in=signed_in, grant=grant, rows=rows, page=page, more=more
+        request,
+        "requests.html",
+        signed_in=signed_in,
+        grant=grant,
+        rows=rows,
+        more=more,
+        paged=before is not None,
+        oldest=oldest,
+        retention_days=ctx.settings.usage_retention_days,
     )
 
 
