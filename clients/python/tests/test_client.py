@@ -5,9 +5,11 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import socket
 import stat
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -18,7 +20,8 @@ import httpx
 import pytest
 
 import keybroker_client
-from keybroker_client import KeybrokerError, cli, device, request_openai_api, revoke
+from keybroker_client import KeybrokerError, cli, device, loopback, request_openai_api, revoke
+from keybroker_client.loopback import CONNECTION_TIMEOUT, Listener
 
 CLIENT = "kbc_test"
 
@@ -401,3 +404,59 @@ def test_it_does_not_need_the_broker() -> None:
 
     requires = importlib.metadata.requires("keybroker-client") or []
     assert [r for r in requires if "extra ==" not in r] == ["httpx>=0.27"]
+
+
+def test_loopback_refuses_an_answer_without_iss(broker: FakeBroker) -> None:
+    # RFC 9207 §2.4: the broker advertises authorization_response_iss_parameter_supported, so
+    # a code arriving without iss (e.g. injected by a local page that learned the state) is
+    # refused and never redeemed.
+    def injector(url: str) -> bool:
+        query = {k: v[0] for k, v in parse_qs(urlsplit(url).query).items()}
+        httpx.get(f"{query['redirect_uri']}?{urlencode({'code': 'x', 'state': query['state']})}")
+        return True
+
+    with pytest.raises(KeybrokerError) as info:
+        request_openai_api(broker.url, CLIENT, open_browser=injector, show=lambda _: None)
+    assert info.value.code == "invalid_response"
+    assert "iss" in info.value.message
+    assert not broker.posts("/oauth/token")
+
+
+def test_a_stalled_local_connection_does_not_block_the_callback(broker: FakeBroker) -> None:
+    held: list[socket.socket] = []
+
+    def hog_then_follow(url: str) -> bool:
+        # Another local process connects first and sends half a request line, then idles.
+        port = urlsplit(parse_qs(urlsplit(url).query)["redirect_uri"][0]).port
+        assert port is not None
+        hog = socket.create_connection(("127.0.0.1", port))
+        hog.sendall(b"GET /callback?st")
+        held.append(hog)
+        return browser_that_follows_redirects(url)
+
+    try:
+        started = time.monotonic()
+        access = request_openai_api(
+            broker.url, CLIENT, open_browser=hog_then_follow, timeout=30, show=lambda _: None
+        )
+        assert access["api_key"] == "sk-kb-token1"
+        # Served beside the stalled connection, not after its read timeout.
+        assert time.monotonic() - started < CONNECTION_TIMEOUT
+    finally:
+        for hog in held:
+            hog.close()
+
+
+def test_a_connection_that_sends_nothing_is_dropped(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(loopback, "CONNECTION_TIMEOUT", 1.0)
+    listener = Listener("S" * 22)
+    try:
+        port = listener.server.server_address[1]
+        idle = socket.create_connection(("127.0.0.1", port))
+        idle.settimeout(30)
+        started = time.monotonic()
+        assert idle.recv(1) == b""  # the listener closes it after its read timeout
+        assert time.monotonic() - started < 15
+        idle.close()
+    finally:
+        listener.close()

@@ -2,6 +2,8 @@
 
 A one-shot HTTP listener on 127.0.0.1 and a port the system picks receives the redirect; the
 registered redirect URI is ``http://127.0.0.1/callback``, which keybroker matches on any port.
+Any local process can connect to that port, so each connection gets its own thread and a read
+timeout: a stalled or idle connection cannot hold back the browser's real callback.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ import hashlib
 import secrets
 import threading
 from collections.abc import Callable
-from http.server import BaseHTTPRequestHandler, HTTPServer
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlencode, urlsplit
 
 import httpx
@@ -23,6 +25,7 @@ DONE_PAGE = (
     b"<!doctype html><meta charset=utf-8><title>keybroker</title>"
     b"<p>Done. You can close this window and return to the app.</p>"
 )
+CONNECTION_TIMEOUT = 10.0  # seconds a connection may take to send its request
 
 
 def pkce_pair() -> tuple[str, str]:
@@ -37,13 +40,20 @@ class Listener:
     def __init__(self, state: str) -> None:
         self.params: dict[str, str] | None = None
         self.arrived = threading.Event()
+        taken = threading.Lock()  # connections run in parallel: only one answer is kept
         listener = self
 
         class Handler(BaseHTTPRequestHandler):
+            timeout = CONNECTION_TIMEOUT  # socket timeout for reading each connection
+
             def do_GET(self) -> None:
                 parts = urlsplit(self.path)
                 query = {k: v[0] for k, v in parse_qs(parts.query).items()}
-                if parts.path != "/callback" or query.get("state") != state or listener.params:
+                if (
+                    parts.path != "/callback"
+                    or query.get("state") != state
+                    or not taken.acquire(blocking=False)
+                ):
                     self.send_error(404)
                     return
                 listener.params = query
@@ -57,7 +67,8 @@ class Listener:
             def log_message(self, format: str, *args: object) -> None:
                 pass  # the query carries the code: never printed
 
-        self.server = HTTPServer(("127.0.0.1", 0), Handler)
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
         self.redirect_uri = f"http://127.0.0.1:{self.server.server_port}/callback"
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
         self.thread.start()
@@ -105,8 +116,11 @@ def run(
         listener.close()
     if params is None:
         raise KeybrokerError("timeout", f"No answer within {timeout:g} seconds.")
-    # RFC 9207: the answer must name the broker we asked (no mix-up with another server).
-    if params.get("iss", ask.broker) != ask.broker:
+    # RFC 9207 §2.4: keybroker advertises authorization_response_iss_parameter_supported, so
+    # an answer without iss is refused like one naming another server (a mix-up attack).
+    if "iss" not in params:
+        raise KeybrokerError("invalid_response", "The answer does not name its issuer (iss).")
+    if params["iss"] != ask.broker:
         raise KeybrokerError("invalid_response", "The answer came from another issuer.")
     if "error" in params:
         raise oauth_error("the authorization response", 400, params)
