@@ -21,9 +21,10 @@ logger = logging.getLogger("keybroker")
 
 def app_factory() -> object:
     """uvicorn's factory for ``keybroker serve``: each worker reads the settings itself."""
-    from keybroker import server_protocol
+    from keybroker import access_log, server_protocol
     from keybroker.app import create_app
 
+    access_log.install()
     settings = load_settings()
     server_protocol.configure(settings.header_timeout)
     app = create_app(settings, migrate=False)

@@ -39,7 +39,8 @@
     const body = { query: form.dataset.query, decision };
     if (decision === "allow") {
       body.choices = choices(form);
-      const start = await post("/auth/confirm/options");
+      // A device request's confirmation is bound to that request (its own options endpoint).
+      const start = await post(form.dataset.confirm || "/auth/confirm/options");
       setText("kb-status", "Confirm with your passkey…");
       const publicKey = PublicKeyCredential.parseRequestOptionsFromJSON(start.publicKey);
       const credential = await navigator.credentials.get({ publicKey });

@@ -75,6 +75,9 @@ def test_device_flow_end_to_end(window: Window, broker: LiveBroker) -> None:
     page.get_by_role("button", name="Save key").click()
     expect(page.get_by_role("heading", name="Allow access?")).to_be_visible()
     expect(page.get_by_role("note")).to_contain_text("A device is asking")
+    # The code to compare with the device's (RFC 8628 §5.4), and no id in the address.
+    expect(page.locator("#kb-device-code")).to_have_text(poller.started["user_code"])
+    expect(page).to_have_url(f"{broker.url}/device/request")
     expect(page.locator(".app-name")).to_have_text("Headless Tool")
     expect(page.get_by_label("Models it may use")).to_have_value("gpt-4o-mini")
     page.get_by_role("button", name="Allow").click()
@@ -104,6 +107,7 @@ def test_device_flow_deny(window: Window, broker: LiveBroker) -> None:
     page = window.page
     # verification_uri_complete fills the field; the owner still compares and continues.
     page.goto(poller.started["verification_uri_complete"])
+    expect(page).to_have_url(f"{broker.url}/device")  # the code left the address bar
     expect(page.get_by_label("Code shown by the app")).to_have_value(poller.started["user_code"])
     page.get_by_role("button", name="Continue").click()
     page.get_by_role("button", name="Create passkey").click()

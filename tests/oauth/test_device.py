@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import re
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import replace
 from datetime import timedelta
@@ -33,6 +34,8 @@ from tests.helpers import (
     authorize_query,
     pkce,
     post,
+    register,
+    save_key,
 )
 from tests.live import Live
 from tests.softauthn import SoftAuthenticator
@@ -81,7 +84,10 @@ def decide(
     body: dict[str, Any] = {"query": request_id, "decision": decision}
     if decision == "allow":
         assert authn is not None
-        begun = post(client, "/auth/confirm/options").json()
+        options = post(client, "/device/confirm/options")
+        if options.status_code != 200:
+            return options
+        begun = options.json()
         body.update(
             choices=DEFAULT_CHOICES,
             ceremony=begun["ceremony"],
@@ -91,11 +97,18 @@ def decide(
 
 
 def request_id_for(client: TestClient, user_code: str) -> str:
+    """Enter the code in this client's browser; the request id from its consent screen."""
     entered = enter(client, user_code)
     assert entered.status_code == 303, entered.text
-    location = entered.headers["location"]
-    assert location.startswith("/device/request/")
-    return location.rsplit("/", 1)[1]
+    # Neither the code nor the request id travels in a URL (access log, history).
+    assert entered.headers["location"] == "/device/request"
+    return consent_query(client.get("/device/request"))
+
+
+def consent_query(page: httpx.Response) -> str:
+    found = re.search(r'data-query="([^"]+)"', page.text)
+    assert found is not None, page.text
+    return found.group(1)
 
 
 def poll_now(client: TestClient) -> None:
@@ -193,14 +206,19 @@ def test_the_rfc_answers_in_order(
     assert poll(client, device_app, device_code).json()["error"] == "authorization_pending"
 
     # The owner: the device page, the code (typed loosely), the consent screen.
-    page = client.get(f"/device?user_code={user_code}")
+    link = client.get(f"/device?user_code={user_code}", follow_redirects=False)
+    assert link.status_code == 303
+    assert link.headers["location"] == "/device"  # the code leaves the URL
+    page = client.get("/device")
     assert "Code shown by the app" in page.text
     assert "Continue" in page.text
     assert f'value="{user_code}"' in page.text  # filled in, but the owner still continues
     request_id = request_id_for(client, user_code.lower().replace("-", " "))
-    consent = client.get(f"/device/request/{request_id}")
+    consent = client.get("/device/request")
     assert consent.status_code == 200
     assert "A device is asking" in consent.text
+    # The code to compare with the device's (RFC 8628 §5.4).
+    assert f'id="kb-device-code">{user_code}<' in consent.text
     assert "Terminal Tool" in consent.text
     assert 'data-action="/device/decision"' in consent.text
     assert 'value="gpt-4o-mini"' in consent.text
@@ -230,7 +248,8 @@ def test_the_rfc_answers_in_order(
     assert again.status_code == 400
     assert again.json()["error"] == "invalid_grant"
     assert enter(client, user_code).status_code == 400
-    assert client.get(f"/device/request/{request_id}").status_code == 404
+    gone = client.get("/device/request", follow_redirects=False)
+    assert (gone.status_code, gone.headers["location"]) == (303, "/device")
     with Session(get_context(client).engine) as db:
         row = db.exec(select(DeviceCode)).one()
     assert row.sealed_key is None
@@ -266,8 +285,10 @@ def test_expired_code_is_expired_token(
     assert answer.status_code == 400
     assert answer.json()["error"] == "expired_token"
     assert enter(client, data["user_code"]).status_code == 400
-    assert client.get(f"/device/request/{request_id}").status_code == 404
-    assert decide(client, owner, request_id).status_code == 409
+    gone = client.get("/device/request", follow_redirects=False)
+    assert (gone.status_code, gone.headers["location"]) == (303, "/device")
+    assert post(client, "/device/confirm/options").status_code == 409
+    assert decide(client, None, request_id, "deny").status_code == 409
 
 
 def test_allowed_but_expired_before_the_poll_is_expired_token(
@@ -298,7 +319,8 @@ def test_allow_needs_a_fresh_passkey_assertion(
     assert poll(client, device_app, data["device_code"]).json()["error"] == "authorization_pending"
     # Signed out: the consent screen asks to sign in, and the decision endpoint refuses.
     other = TestClient(client.app, base_url=BROKER)
-    assert "Sign in with passkey" in other.get(f"/device/request/{request_id}").text
+    assert enter(other, data["user_code"]).status_code == 303
+    assert "Sign in with passkey" in other.get("/device/request").text
     assert (
         post(other, "/device/decision", {"query": request_id, "decision": "deny"}).status_code
         == 401
@@ -343,7 +365,7 @@ def test_racing_polls_redeem_once(live: Live) -> None:
         f"{live.url}/oauth/device_authorization", data={"client_id": client_id, "scope": "chat"}
     ).json()
     entered = web.post("/device", data={"user_code": data["user_code"]}, headers=SAME_ORIGIN)
-    request_id = str(entered.url).rsplit("/", 1)[1]
+    request_id = consent_query(entered)
     assert decide(web, authn, request_id).status_code == 200  # type: ignore[arg-type]
     answers: list[int] = []
     barrier = threading.Barrier(8)
@@ -367,6 +389,103 @@ def test_racing_polls_redeem_once(live: Live) -> None:
     for thread in threads:
         thread.join()
     assert sorted(answers) == [200] + [400] * 7
+
+
+def row_id(client: TestClient) -> str:
+    """The newest request's id, as an attacker who entered its code on their side knows it."""
+    with Session(get_context(client).engine) as db:
+        rows = db.exec(select(DeviceCode)).all()
+    return max(rows, key=lambda r: r.expires_at).id
+
+
+def test_a_link_to_someone_elses_request_leads_to_code_entry(
+    client: TestClient, owner: SoftAuthenticator, device_app: str
+) -> None:
+    # RFC 8628 §5.4: an attacker starts the flow on their device, enters its code in their own
+    # browser and sends the owner a link, hoping for an Allow without the owner typing a code.
+    data = start(client, device_app).json()
+    attacker = TestClient(client.app, base_url=BROKER)
+    assert enter(attacker, data["user_code"]).status_code == 303
+    request_id = row_id(client)
+    for link in (f"/device/request/{request_id}", f"/device/request?id={request_id}"):
+        opened = client.get(link, follow_redirects=False)
+        assert opened.status_code in (303, 404)
+        assert 'id="consent"' not in opened.text
+    shown = client.get("/device/request", follow_redirects=False)
+    assert (shown.status_code, shown.headers["location"]) == (303, "/device")
+    # A cookie naming the request but not its code is no way in either.
+    client.cookies.set("kb_device", f"{request_id}.BCDFGHJK", domain="localhost", path="/device")
+    assert client.get("/device/request", follow_redirects=False).status_code == 303
+    client.cookies.delete("kb_device", domain="localhost", path="/device")
+    # Neither Allow (its confirmation cannot even begin) nor Deny from the owner's session.
+    assert decide(client, owner, request_id).status_code == 409
+    assert decide(client, None, request_id, "deny").status_code == 409
+    assert poll(client, device_app, data["device_code"]).json()["error"] == "authorization_pending"
+    # Typed by the owner: the consent screen shows the code to compare with the device's.
+    assert request_id_for(client, data["user_code"]) == request_id
+    assert data["user_code"] in client.get("/device/request").text
+
+
+def test_another_account_cannot_deny_a_request(
+    client: TestClient, owner: SoftAuthenticator, device_app: str
+) -> None:
+    data = start(client, device_app).json()
+    request_id = request_id_for(client, data["user_code"])
+    stranger = TestClient(client.app, base_url=BROKER)
+    register(stranger)
+    assert decide(stranger, None, request_id, "deny").status_code == 409
+    assert poll(client, device_app, data["device_code"]).json()["error"] == "authorization_pending"
+    assert decide(client, owner, request_id).status_code == 200
+
+
+def test_a_confirmation_is_bound_to_its_request_and_action(
+    client: TestClient, owner: SoftAuthenticator, device_app: str
+) -> None:
+    x, y = start(client, device_app).json(), start(client, device_app).json()
+    request_id_for(client, x["user_code"])
+    begun_for_x = post(client, "/device/confirm/options").json()
+    ry = request_id_for(client, y["user_code"])
+    body = {"query": ry, "decision": "allow", "choices": DEFAULT_CHOICES}
+    spent = post(
+        client,
+        "/device/decision",
+        {
+            **body,
+            "ceremony": begun_for_x["ceremony"],
+            "credential": owner.get(begun_for_x["publicKey"]),
+        },
+    )
+    assert spent.status_code == 400, spent.text
+    assert "another session" in spent.json()["error"]
+    # Nor does a confirmation begun for something else (the web consent, settings) count.
+    general = post(client, "/auth/confirm/options").json()
+    other = post(
+        client,
+        "/device/decision",
+        {**body, "ceremony": general["ceremony"], "credential": owner.get(general["publicKey"])},
+    )
+    assert other.status_code == 400, other.text
+    assert "passkey request" in other.json()["error"]
+    for started in (x, y):
+        answer = poll(client, device_app, started["device_code"])
+        assert answer.json()["error"] == "authorization_pending"
+    # A device confirmation is not spendable at the web consent either.
+    device_ceremony = post(client, "/device/confirm/options").json()
+    web_query = authorize_query(challenge=pkce()[1])
+    web = post(
+        client,
+        "/authorize/decision",
+        {
+            "query": web_query,
+            "decision": "allow",
+            "choices": DEFAULT_CHOICES,
+            "ceremony": device_ceremony["ceremony"],
+            "credential": owner.get(device_ceremony["publicKey"]),
+        },
+    )
+    assert web.status_code == 400
+    assert "passkey request" in web.json()["error"]
+    assert decide(client, owner, ry).status_code == 200
 
 
 # --- guessing user codes ----------------------------------------------------------------
@@ -436,6 +555,82 @@ def test_one_code_is_limited_across_addresses(strict: TestClient) -> None:
     for n in range(5):
         assert enter(from_ip(strict, f"192.0.2.{n + 1}"), user_code).status_code == 303
     assert enter(from_ip(strict, "192.0.2.77"), user_code).status_code == 429
+
+
+def wrong_guesses(count: int, start: int = 0) -> Iterator[str]:
+    alphabet = device_codes.USER_CODE_ALPHABET
+    for n in range(start, start + count):
+        yield "ZZZZ-" + "".join(alphabet[(n // 20**i) % 20] for i in range(4))
+
+
+def test_ipv6_addresses_share_their_64_and_mapped_ipv4_its_address(strict: TestClient) -> None:
+    guesses = wrong_guesses(40)
+    # One host is usually given a whole /64: every address in it shares one budget.
+    for n in range(10):
+        assert enter(from_ip(strict, f"2001:db8:1:2::{n + 1:x}"), next(guesses)).status_code == 400
+    assert enter(from_ip(strict, "2001:db8:1:2:ffff::9"), next(guesses)).status_code == 429
+    assert enter(from_ip(strict, "2001:db8:1:3::1"), next(guesses)).status_code == 400
+    # An IPv4-mapped IPv6 address is its IPv4 address.
+    for _ in range(10):
+        assert enter(from_ip(strict, "192.0.2.50"), next(guesses)).status_code == 400
+    assert enter(from_ip(strict, "::ffff:192.0.2.50"), next(guesses)).status_code == 429
+
+
+@pytest.mark.parametrize(
+    ("host", "network"),
+    [
+        ("198.51.100.7", "198.51.100.7"),
+        ("2001:db8:a:b:c:d:e:f", "2001:db8:a:b::/64"),
+        ("2001:DB8:A:B::1", "2001:db8:a:b::/64"),
+        ("fe80::1%eth0", "fe80::/64"),
+        ("::ffff:10.1.2.3", "10.1.2.3"),
+        ("testclient", "testclient"),
+    ],
+)
+def test_the_network_limits_count(host: str, network: str) -> None:
+    from keybroker.web import abuse
+
+    assert abuse.network_of(host) == network
+
+
+def test_anonymous_guessing_shares_one_budget_that_owners_do_not_need(
+    strict: TestClient,
+) -> None:
+    engine = get_context(strict).engine
+    app_id = register_client(engine, name="Flooded", redirect_uris=[], device=True)
+    user_code = start(strict, app_id).json()["user_code"]
+    # Guessers spread over many networks (cheap in IPv6), each within its own limit, share
+    # one budget: a burst of ``budget``, then one entry per 60/budget seconds (GCRA).
+    budget = abuse_rule_per_minute("USER_CODE_ANONYMOUS")
+    guesses = wrong_guesses(budget * 3)
+    began = time.monotonic()
+    allowed = 0
+    while True:
+        answer = enter(from_ip(strict, f"2001:db8:{allowed // 10}::1"), next(guesses))
+        if answer.status_code == 429:
+            break
+        assert answer.status_code == 400
+        allowed += 1
+    refill = (time.monotonic() - began) / (60 / budget)
+    assert budget <= allowed <= budget + refill + 1
+    # The refused entry came from a network with its own budget left (fewer than 10 tries):
+    # it waits for the shared budget, but not for long.
+    assert 0 < int(answer.headers["retry-after"]) <= 60
+    # The arithmetic: over a code's 10 minutes, all guessers together try at most 1,000 codes.
+    assert budget * 10 / len(device_codes.USER_CODE_ALPHABET) ** device_codes.USER_CODE_LENGTH < (
+        1e-7
+    )
+    # A signed-in owner is counted per account instead, so the flood does not lock them out.
+    owner = from_ip(strict, "203.0.113.50")
+    save_key(owner, register(owner))
+    assert enter(owner, user_code).status_code == 303
+    # An account that guesses is limited per account, from whichever network it comes.
+    for _ in range(abuse_rule_per_minute("USER_CODE_PER_ACCOUNT") - 1):
+        assert enter(owner, next(guesses)).status_code == 400
+    elsewhere = TestClient(
+        strict.app, base_url=BROKER, client=("203.0.113.99", 4000), cookies=owner.cookies
+    )
+    assert enter(elsewhere, next(guesses)).status_code == 429
 
 
 # --- user codes -------------------------------------------------------------------------

@@ -158,3 +158,8 @@ def test_device_pages(client: TestClient, code: str, request_id: str, query: str
     assert entered.status_code in (400, 429)
     clean(client.get(f"/device?{urlencode({'user_code': query})}"))
     clean(client.get(f"/device/request/{quote(request_id, safe='')}"))
+    # A made-up binding cookie: back to code entry, never a consent screen.
+    cookie = {"cookie": f"kb_device={quote(request_id, safe='')}.{quote(query, safe='')}"}
+    bound = client.get("/device/request", headers=cookie, follow_redirects=False)
+    clean(bound)
+    assert bound.status_code == 303

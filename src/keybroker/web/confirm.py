@@ -18,6 +18,7 @@ from webauthn.helpers import base64url_to_bytes, bytes_to_base64url
 
 from keybroker.auth import accounts, passkeys
 from keybroker.auth.challenges import ChallengeError
+from keybroker.auth.sessions import SignedIn
 from keybroker.context import Context
 from keybroker.provider_keys import CustodyError, PrfProof, VaultLockedError
 from keybroker.web.ceremony import ceremony_endpoint
@@ -31,8 +32,16 @@ async def confirm_options(request: Request, ctx: Context, body: dict[str, Any]) 
     signed_in = await run_in_threadpool(ctx.sessions.current, request)
     if signed_in is None:
         raise HTTPProblem(401, "Sign in first.")
+    return await confirmation_options(ctx, signed_in, PURPOSE, signed_in.user.id)
+
+
+async def confirmation_options(
+    ctx: Context, signed_in: SignedIn, purpose: str, subject: str
+) -> JSONResponse:
+    """Assertion options for the account's own passkeys, under a challenge issued for
+    ``purpose`` and ``subject`` (what the confirmation may be spent on)."""
     mine = await run_in_threadpool(accounts.passkeys_of, ctx.engine, signed_in.user.id)
-    issued = await run_in_threadpool(ctx.challenges.issue, PURPOSE, signed_in.user.id)
+    issued = await run_in_threadpool(ctx.challenges.issue, purpose, subject)
     options = passkeys.authentication_options(ctx.rp, challenge=issued.challenge)
     options["allowCredentials"] = [{"type": "public-key", "id": p.credential_id} for p in mine]
     # Each passkey evaluates the account's PRF salt: its output opens that passkey's key slot.
@@ -44,15 +53,21 @@ async def confirm_options(request: Request, ctx: Context, body: dict[str, Any]) 
 
 
 async def verify_fresh_assertion(
-    ctx: Context, user_id: str, body: dict[str, Any]
+    ctx: Context,
+    user_id: str,
+    body: dict[str, Any],
+    *,
+    purpose: str = PURPOSE,
+    subject: str | None = None,
 ) -> PrfProof | None:
-    """Raise unless ``body`` carries a new assertion by one of ``user_id``'s passkeys; return
+    """Raise unless ``body`` carries a new assertion by one of ``user_id``'s passkeys, under
+    a challenge issued for ``purpose`` and ``subject`` (default: the account itself); return
     that passkey's PRF output when the authenticator gave one."""
     ceremony = body.get("ceremony")
     if not isinstance(ceremony, str) or len(ceremony) > 64:
         raise HTTPProblem(400, "Confirm with your passkey first.")
-    issued = await run_in_threadpool(ctx.challenges.consume, ceremony, expected_purpose=PURPOSE)
-    if issued.subject != user_id:
+    issued = await run_in_threadpool(ctx.challenges.consume, ceremony, expected_purpose=purpose)
+    if issued.subject != (user_id if subject is None else subject):
         raise HTTPProblem(400, "This confirmation belongs to another session. Start again.")
     credential = body.get("credential")
     credential_id, _ = passkeys.credential_user_handle(credential)

@@ -138,18 +138,19 @@ async def consent_steps(
     query: str,
     scopes: list[str],
     hints: Mapping[str, str],
-    device: bool = False,
+    device_code: str | None = None,
 ) -> Response:
     """Sign in, add a key, or the consent screen, whichever comes next for this owner.
-    ``query`` identifies the request to the decision endpoint; ``device`` says a device
-    (RFC 8628) is asking."""
+    ``query`` identifies the request to the decision endpoint; ``device_code`` says a device
+    (RFC 8628) is asking, and which user code it shows."""
     ctx = get_context(request)
     signed_in = await run_in_threadpool(ctx.sessions.current, request)
     common: dict[str, Any] = {
         "client": client,
         "signed_in": signed_in,
         "next_url": here,
-        "device": device,
+        "device": device_code is not None,
+        "device_code": device_code,
     }
     if signed_in is None:
         return render(request, "authorize.html", step="signin", **common)
@@ -228,11 +229,16 @@ async def decision(request: Request) -> Response:
 
 
 async def owner_consent(
-    ctx: Context, signed_in: SignedIn, body: dict[str, Any], asked: list[str]
+    ctx: Context,
+    signed_in: SignedIn,
+    body: dict[str, Any],
+    asked: list[str],
+    **confirmation: str,
 ) -> Consent:
     """The owner's Allow: their choices (within the ``asked`` scopes), confirmed by a fresh
-    passkey assertion, and their key opened for the grant. Raises CONFIRMATION_ERRORS or
-    ChoiceError."""
+    passkey assertion (``confirmation``: its challenge's purpose and subject, see
+    verify_fresh_assertion), and their key opened for the grant. Raises CONFIRMATION_ERRORS
+    or ChoiceError."""
     fields = body.get("choices")
     if not isinstance(fields, dict):
         raise HTTPProblem(400, "The consent choices are missing.")
@@ -240,7 +246,7 @@ async def owner_consent(
     choices = grant_store.choices_from_form(
         {k: str(v) for k, v in fields.items() if k != "scopes"}, picked
     )
-    proof = await verify_fresh_assertion(ctx, signed_in.user.id, body)
+    proof = await verify_fresh_assertion(ctx, signed_in.user.id, body, **confirmation)
     key = await run_in_threadpool(
         provider_keys.open_key, ctx.engine, ctx.ring, signed_in.user.id, proof
     )
