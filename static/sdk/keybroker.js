@@ -95,8 +95,8 @@ var Keybroker = (() => {
         const data = event.data;
         if (!data || typeof data !== "object" || data.type !== "authorization_response") return;
         if (data.state !== state) return;
-        if (data.iss !== void 0 && data.iss !== options.broker.replace(/\/+$/, "")) {
-          finish(new KeybrokerError("invalid_response", "The response came from another issuer."));
+        if (typeof data.iss !== "string" || data.iss !== options.broker.replace(/\/+$/, "")) {
+          finish(new KeybrokerError("invalid_response", "The response did not come from this broker."));
           return;
         }
         if (typeof data.error === "string") {
