@@ -52,7 +52,7 @@ def broker(tmp_path_factory: pytest.TempPathFactory, hostile: Hostile) -> Iterat
 def token_for(broker: LiveBroker) -> str:
     with httpx.Client(base_url=broker.url, follow_redirects=True) as web:
         authn = register(web)  # type: ignore[arg-type]
-        save_key(web)  # type: ignore[arg-type]
+        save_key(web, authn)  # type: ignore[arg-type]
         chosen = {"scopes": ["chat", "models"], "models": "", "budget_usd": "100"}
         chosen |= {"rpm": "10000", "days": "30"}
         token: str = grant_token(web, authn, choices=chosen)["access_token"]  # type: ignore[arg-type]
