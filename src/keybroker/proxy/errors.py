@@ -7,6 +7,8 @@ import re
 
 from starlette.types import Send
 
+from keybroker.proxy.key_scrub import KeyScrubber
+
 
 def error_body(message: str, kind: str, code: str | None, param: str | None = None) -> bytes:
     return json.dumps(
@@ -53,15 +55,17 @@ ENDED = (
 
 
 # Key-shaped text: "sk-" and what follows in a key or its masked echo (OpenAI answers a wrong
-# key with "sk-proj-********wxyz" or "sk-proj-…wxyz"; some compatible servers echo it whole).
-_KEY_SHAPED = re.compile(rb"sk-(?:[A-Za-z0-9_\-*.]|\xe2\x80\xa6|\\u2026)*")
+# key with "sk-proj-********wxyz" or "sk-proj-…wxyz"; some compatible servers echo it whole),
+# with any of its characters possibly written as a JSON \\u escape (RFC 8259 §7).
+_KEY_SHAPED = re.compile(
+    rb"(?:s|\\u0073)(?:k|\\u006[bB])(?:-|\\u002[dD])"
+    rb"(?:[A-Za-z0-9_\-*.]|\xe2\x80\xa6|\\u2026|\\u00[0-9a-fA-F]{2})*"
+)
 HIDDEN = b"[a key, hidden by keybroker]"
 ERROR_BODY_LIMIT = 1024 * 1024
 
 
-def scrub(body: bytes, key: str) -> bytes:
-    """An upstream error body with the key, and anything shaped like a key, replaced."""
-    raw = key.encode("utf-8", "replace")
-    if raw and raw in body:
-        body = body.replace(raw, HIDDEN)
-    return _KEY_SHAPED.sub(HIDDEN, body)
+def scrub(body: bytes, scrubber: KeyScrubber) -> bytes:
+    """An upstream error body with the key (whole, escaped or masked), and anything shaped
+    like a key, replaced."""
+    return _KEY_SHAPED.sub(HIDDEN, scrubber.scrub(body, HIDDEN))

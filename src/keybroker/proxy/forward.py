@@ -31,6 +31,7 @@ from keybroker.proxy.bodies import TooLarge, add_include_usage, read_request
 from keybroker.proxy.cache import GrantCache
 from keybroker.proxy.framing import FramingError, body_type, multipart_parts
 from keybroker.proxy.http1 import PoolTimeout, UpstreamProtocolError
+from keybroker.proxy.key_scrub import KeyScrubber, StreamScrub
 from keybroker.proxy.limits import LimitsUnavailable, Reservation
 from keybroker.proxy.paths import UnsafePathError, api_path
 from keybroker.proxy.policy import Decision, Refused
@@ -294,6 +295,8 @@ class ProxyApp:
                 headers=cors,
             )
             return False
+        # Everything relayed from here on has this key taken out (proxy/key_scrub.py).
+        scrubber = KeyScrubber(key)
         target = rest.encode() + (b"?" + query if query else b"")
         route = prepared.decision.route
         up_headers = upstream_request_headers(headers, key)
@@ -305,13 +308,15 @@ class ProxyApp:
                 return False
         listed = ownership.LISTS.get((route.method, route.template))
         if listed is not None:
-            await self._relay_owned_list(rest, query, listed, up_headers, key, send, cors, grant)
+            await self._relay_owned_list(
+                rest, query, listed, up_headers, scrubber, send, cors, grant
+            )
             return False
         await self._forward(
             method,
             target,
             up_headers,
-            key,
+            scrubber,
             prepared,
             receive,
             send,
@@ -422,7 +427,7 @@ class ProxyApp:
         method: str,
         target: bytes,
         up_headers: list[tuple[bytes, bytes]],
-        key: str,
+        scrubber: KeyScrubber,
         prepared: Prepared,
         receive: Receive,
         send: Send,
@@ -480,9 +485,9 @@ class ProxyApp:
             status = response.status
             content_type = response.content_type
             length = response.content_length
-            headers = [*response_headers(response), *cors]
+            headers = [*scrubber.headers(response_headers(response)), *cors]
             if status >= 400:
-                await self._relay_error(response, send, status, headers, key)
+                await self._relay_error(response, send, status, headers, scrubber)
                 return
             decision = prepared.decision
             forgets = ownership.DELETES.get((decision.route.method, decision.route.template))
@@ -494,7 +499,9 @@ class ProxyApp:
                 )
             recording = ownership.recorder_for(decision) if 200 <= status < 300 else None
             if recording is not None and not streamed:
-                await self._relay_recorded(response, send, status, headers, seen, grant, decision)
+                await self._relay_recorded(
+                    response, send, status, headers, seen, grant, decision, scrubber
+                )
                 return
             if response.decoded and not streamed:
                 # A whole gzip answer is inflated (within the client's bound) before its head
@@ -507,7 +514,8 @@ class ProxyApp:
                     return
                 length = len(held)
             if not streamed and length is not None and status not in (204, 304):
-                # Relayed unchanged, so the upstream's length holds: the app's client knows
+                # Relayed with a found key overwritten byte for byte, so the upstream's length
+                # holds: the app's client knows
                 # where the answer ends without chunked framing (RFC 9112 §6.3).
                 headers.append((b"content-length", b"%d" % length))
             await send({"type": "http.response.start", "status": status, "headers": headers})
@@ -523,15 +531,17 @@ class ProxyApp:
                     json_usage(held, seen)
             elif streamed:
                 events = EventSplitter(
-                    seen, prepared.strip_usage_chunk, decision if recording else None
+                    seen, prepared.strip_usage_chunk, scrubber, decision if recording else None
                 )
                 # Ids a stream makes are recorded before the event naming them is relayed, so
                 # the relay stays in this task (no send_now) when there is one to record.
                 offered = None if recording else extension.offered(scope, send)
                 await self._relay_events(response, send, offered, events, grant.id)
+                await send({"type": "http.response.body", "body": b""})
             else:
-                await self._relay_body(response, send, seen, scan="json" in content_type)
-            await send({"type": "http.response.body", "body": b""})
+                relay = scrubber.stream()
+                await self._relay_body(response, send, seen, "json" in content_type, relay)
+                await send({"type": "http.response.body", "body": relay.rest()})
             interrupted = watcher is not None and watcher.done()
         except (OSError, asyncio.CancelledError) as exc:  # TimeoutError is an OSError
             interrupted = True
@@ -591,7 +601,7 @@ class ProxyApp:
         send: Send,
         status: int,
         headers: list[tuple[bytes, bytes]],
-        key: str,
+        scrubber: KeyScrubber,
     ) -> None:
         """An upstream error, read whole and sent with key-shaped text replaced: an upstream
         that echoes the key it was given (whole, or masked to its ends) must not hand it to
@@ -612,7 +622,7 @@ class ProxyApp:
                 break
             kept.append(chunk)
         else:
-            body = errors.scrub(b"".join(kept), key)
+            body = errors.scrub(b"".join(kept), scrubber)
         headers = [*headers, (b"content-length", b"%d" % len(body))]
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body})
@@ -626,6 +636,7 @@ class ProxyApp:
         seen: Seen,
         grant: GrantView,
         decision: Decision,
+        scrubber: KeyScrubber,
     ) -> None:
         """An answer that gives the grant objects: read whole, its ids recorded, then sent,
         so that the app can use an id as soon as it has it."""
@@ -646,15 +657,17 @@ class ProxyApp:
             if made:
                 await run_in_threadpool(self.ownership.record, grant.id, made)
             json_usage(body, seen)
+            body = scrubber.scrub(body)
             headers = [*headers, (b"content-length", b"%d" % len(body))]
             await send({"type": "http.response.start", "status": status, "headers": headers})
             await send({"type": "http.response.body", "body": body})
             return
         logger.warning("grant %s: an answer of %d+ bytes was not recorded", grant.id, size)
         await send({"type": "http.response.start", "status": status, "headers": headers})
-        await send({"type": "http.response.body", "body": body, "more_body": True})
-        await self._relay_body(response, send, seen, scan=False)
-        await send({"type": "http.response.body", "body": b""})
+        relay = scrubber.stream()
+        await send({"type": "http.response.body", "body": relay.take(body), "more_body": True})
+        await self._relay_body(response, send, seen, False, relay)
+        await send({"type": "http.response.body", "body": relay.rest()})
 
     async def _relay_owned_list(
         self,
@@ -662,7 +675,7 @@ class ProxyApp:
         query: bytes,
         kind: str,
         up_headers: list[tuple[bytes, bytes]],
-        key: str,
+        scrubber: KeyScrubber,
         send: Send,
         cors: list[tuple[bytes, bytes]],
         grant: GrantView,
@@ -693,7 +706,7 @@ class ProxyApp:
             else:
                 answer, request_id = await listing.owned_list(rest, query, kind, fetch, owned_among)
         except listing.ListError as failed:
-            body = errors.scrub(failed.fetched.body, key)
+            body = errors.scrub(failed.fetched.body, scrubber)
             out = [(b"content-type", b"application/json"), *cors]
             out.append((b"content-length", b"%d" % len(body)))
             status = failed.fetched.status
@@ -715,19 +728,22 @@ class ProxyApp:
         children = [c for item in items for c in ownership.children_of(kind, item)]
         if children:
             await run_in_threadpool(self.ownership.record, grant.id, children)
-        body = json.dumps(answer).encode()
+        body = scrubber.scrub(json.dumps(answer).encode())
         out = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))]
         if request_id is not None:
-            out.append((b"x-request-id", request_id))
+            out.append((b"x-request-id", scrubber.scrub(request_id)))
         await send({"type": "http.response.start", "status": 200, "headers": [*out, *cors]})
         await send({"type": "http.response.body", "body": body})
 
     async def _relay_body(
-        self, response: UpstreamAnswer, send: Send, seen: Seen, scan: bool
+        self, response: UpstreamAnswer, send: Send, seen: Seen, scan: bool, relay: StreamScrub
     ) -> None:
+        """The body as it comes, less the key (its last bytes wait in relay for the end)."""
         tail = Tail() if scan else None
         async for chunk in response.iter_chunks():
-            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            out = relay.take(chunk)
+            if out:
+                await send({"type": "http.response.body", "body": out, "more_body": True})
             if tail is not None:
                 tail.add(chunk)
         if tail is not None:
@@ -763,16 +779,22 @@ class ProxyApp:
         finally:
             response.relay_to(None)
         if events.pending:
-            await send({"type": "http.response.body", "body": events.pending, "more_body": True})
+            rest = events.scrubber.scrub(events.pending)
+            await send({"type": "http.response.body", "body": rest, "more_body": True})
 
 
 class EventSplitter:
     """Whole server-sent events out of the upstream's chunks, with their usage noted."""
 
     def __init__(
-        self, seen: Seen, strip_usage_chunk: bool, recording: Decision | None = None
+        self,
+        seen: Seen,
+        strip_usage_chunk: bool,
+        scrubber: KeyScrubber,
+        recording: Decision | None = None,
     ) -> None:
         self.seen = seen
+        self.scrubber = scrubber  # whole events: a key cannot straddle two of them
         self.strip_usage_chunk = strip_usage_chunk
         self.pending = b""
         self.recording = recording  # the request whose first event names what it made
@@ -798,7 +820,7 @@ class EventSplitter:
             if event_usage(event, self.seen) and self.strip_usage_chunk:
                 continue  # the app did not ask for the usage chunk; we did
             out.append(event + b"\n\n")
-        return b"".join(out)
+        return self.scrubber.scrub(b"".join(out))
 
 
 async def send_refusal(send: Send, refused: Refused, cors: list[tuple[bytes, bytes]]) -> None:
