@@ -83,6 +83,24 @@ def test_a_batch_of_allowed_lines_is_created(live: Live, sdk: openai.OpenAI) -> 
             "invalid_batch_input",
         ),
         (b"\n\n", "/v1/chat/completions", openai.BadRequestError, "invalid_batch_input"),
+        (
+            line("/v1/responses", tools=[{"type": "image_generation", "model": "gpt-image-1"}]),
+            "/v1/responses",
+            openai.PermissionDeniedError,
+            "model_not_allowed",
+        ),
+        (
+            line("/v1/responses", prompt={"id": "pmpt_owner"}),
+            "/v1/responses",
+            openai.PermissionDeniedError,
+            "stored_prompt_not_allowed",
+        ),
+        (
+            line().replace(b'"model": "gpt-4o-mini", ', b""),
+            "/v1/chat/completions",
+            openai.PermissionDeniedError,
+            "model_not_allowed",
+        ),
     ],
 )
 def test_a_line_outside_the_grant_refuses_the_batch(

@@ -9,7 +9,7 @@ from typing import Any
 
 import httpx
 import pytest
-from hypothesis import given
+from hypothesis import assume, given
 from hypothesis import strategies as st
 
 from keybroker.proxy import framing, scopes
@@ -107,6 +107,7 @@ MULTIPART = framing.body_type(b"multipart/form-data; boundary=b0und")
 )
 def test_multipart_reads_what_a_form_writes(fields: list[tuple[str, bytes, str | None]]) -> None:
     fields = [(n, v.replace(b"--b0und", b"--x"), f) for n, v, f in fields]
+    assume(not any(framing.looks_like_policy_field(n) for n, _, _ in fields))
     parts = framing.multipart_parts(form(fields), MULTIPART)
     assert [(p.name, p.data, p.filename) for p in parts] == fields
 
@@ -151,6 +152,25 @@ MULTIPART_TRICKS = {
     "epilogue": form([("model", b"whisper-1", None)]) + b"more",
     "unclosed": form([("model", b"whisper-1", None)])[: -len(b"--b0und--\r\n")],
     "two models": form([("model", b"gpt-4o-mini-transcribe", None), ("model", b"whisper-1", None)]),
+    "Model": form([("Model", b"gpt-4o-mini-transcribe", None)]),
+    "model[]": form([("model[]", b"gpt-4o-mini-transcribe", None)]),
+    "STREAM": form([("model", b"whisper-1", None), ("STREAM", b"true", None)]),
+    "nested multipart": (
+        b'--b0und\r\nContent-Disposition: form-data; name="x"\r\n'
+        b"Content-Type: multipart/mixed; boundary=CC\r\n\r\n--CC\r\n"
+        b'Content-Disposition: form-data; name="model"\r\n\r\ngpt-4o-mini-transcribe\r\n'
+        b"--CC--\r\n--b0und--\r\n"
+    ),
+    "LF-only delimiter": (
+        b'--b0und\r\nContent-Disposition: form-data; name="file"; filename="a.mp3"\r\n\r\n'
+        b'ID3\r\n--b0und\nContent-Disposition: form-data; name="model"\n\n'
+        b"gpt-4o-mini-transcribe\r\n--b0und--\r\n"
+    ),
+    "LF-only headers": (
+        b'--b0und\r\nContent-Disposition: form-data; name="x"\nContent-Type: text/plain\r\n\r\n'
+        b"a\r\n--b0und--\r\n"
+    ),
+    "boundary in data": form([("file", b"a\r\n--b0undX", "a.mp3"), ("model", b"whisper-1", None)]),
 }
 
 
@@ -300,6 +320,34 @@ def test_the_checked_content_type_is_the_one_forwarded(live: Live) -> None:
     sent = live.upstream.seen[-1]
     assert sent.headers["content-type"] == "Application/JSON; charset=UTF-8"
     assert list(sent.headers).count("content-type") == 1
+
+
+JSON_ONLY = [
+    "/v1/responses",
+    "/v1/chat/completions",
+    "/v1/batches",
+    "/v1/vector_stores/vs_1/files",
+    "/v1/uploads",
+    "/v1/embeddings",
+]
+
+
+def test_multipart_only_where_the_api_takes_it(live: Live) -> None:
+    token = live.grant(scopes=["chat", "files", "batches", "embeddings"], models="gpt-4o-mini")
+    body = form([("model", b"gpt-4o-mini", None), ("input_file_id", b"file-x", None)])
+    for path in JSON_ONLY:
+        before = len(live.upstream.seen)
+        response = httpx.post(
+            f"{live.url}{path}",
+            content=body,
+            headers={
+                "authorization": f"Bearer {token}",
+                "content-type": "multipart/form-data; boundary=b0und",
+            },
+        )
+        assert response.status_code == 400, (path, response.text)
+        assert response.json()["error"]["code"] == "invalid_body"
+        assert len(live.upstream.seen) == before, path
 
 
 def test_bodies_on_get_and_delete_are_refused(live: Live) -> None:

@@ -72,6 +72,10 @@ def check(grant: GrantView, endpoint: object, content: bytes) -> BatchInput:
         try:
             policy.check_scope(grant, found)
             policy.check_model(grant, model)
+            facts = policy.BodyFacts(
+                models=policy.nested_models(body), stored_prompt=policy.stored_prompt(body)
+            )
+            policy.check_body(grant, found.route, model, facts)
         except Refused as refused:
             refused.message = f"Line {number} of the batch input file: {refused.message}"
             raise

@@ -9,7 +9,7 @@ from typing import Any
 
 from starlette.types import Receive
 
-from keybroker.proxy import framing, ownership
+from keybroker.proxy import framing, ownership, policy, scopes
 from keybroker.proxy.framing import FramingError
 from keybroker.proxy.policy import BodyFacts
 
@@ -85,6 +85,8 @@ async def read_request(
             framing.body_type(content_type)
         return RequestBody(b"", BodyFacts(content_type=content_type))
     kind = framing.body_type(content_type)
+    if kind.essence == framing.MULTIPART and (method, template) not in scopes.MULTIPART_PAIRS:
+        raise FramingError(f"{method} /v1{template} takes a JSON body, not multipart/form-data.")
     if kind.essence == framing.JSON:
         if declared is not None and declared > JSON_LIMIT:
             raise TooLarge
@@ -102,6 +104,8 @@ async def read_request(
             stream=fields.get("stream") is True,
             store=store if isinstance(store, bool) else None,
             references=ownership.body_references(body, fields),
+            models=policy.nested_models(fields),
+            stored_prompt=policy.stored_prompt(fields),
         )
         return RequestBody(body, facts, fields)
     if template in STREAMED_MULTIPART:
@@ -110,9 +114,11 @@ async def read_request(
         raise TooLarge
     body = await read_all(receive, MULTIPART_LIMIT)
     parts = framing.multipart_parts(body, kind)
+    model = framing.multipart_model(parts)
     facts = BodyFacts(
         content_type=content_type,
-        model=framing.multipart_model(parts),
+        model=model,
+        models=(model,) if model is not None else (),
         stream=any(p.name == "stream" and p.data == b"true" for p in parts),
     )
     return RequestBody(body, facts)

@@ -173,16 +173,50 @@ def _disposition(value: bytes) -> tuple[str, str | None]:
     return params["name"], params.get("filename")
 
 
+# Fields the proxy decides on. A part named like one of them but not exactly (``Model``,
+# ``model[]``) is read by some servers as that field: refused, since the check would miss it.
+POLICY_FIELDS = frozenset({"model", "stream"})
+
+
+def looks_like_policy_field(name: str) -> bool:
+    bare = name.lower().replace("[", "").replace("]", "").strip()
+    return bare in POLICY_FIELDS and name not in POLICY_FIELDS
+
+
+def _crlf_framing(body: bytes, delimiter: bytes) -> None:
+    """Each delimiter on a line of its own, ended by CRLF, and part headers in CRLF lines
+    only (RFC 2046 §5.1.1, RFC 5322 §2.1): a bare LF or CR is read as a line break by some
+    parsers and as data by others."""
+    at = body.find(delimiter)
+    while at >= 0:
+        after = at + len(delimiter)
+        if at > 0 and body[at - 2 : at] != b"\r\n":
+            raise FramingError("A multipart boundary must start a CRLF line.")
+        if body.startswith(b"--", after):
+            return  # the closing delimiter (the caller checked that it ends the body)
+        if not body.startswith(b"\r\n", after):
+            raise FramingError("A multipart boundary must end its line with CRLF.")
+        end = body.find(b"\r\n\r\n", after)
+        head = body[after + 2 : end] if end >= 0 else b""
+        if end < 0 or b"\n" in head.replace(b"\r\n", b"") or b"\r" in head.replace(b"\r\n", b""):
+            raise FramingError("Multipart part headers must be CRLF lines.")
+        at = body.find(delimiter, end)
+
+
 def multipart_parts(body: bytes, kind: MediaType) -> list[Part]:
     """Every part of a multipart/form-data body, or FramingError when it could be read
     another way: a preamble or epilogue, a header given twice, a part without a plain name,
-    a Content-Transfer-Encoding (RFC 7578 §4.7)."""
+    a Content-Transfer-Encoding (RFC 7578 §4.7), a nested multipart part (RFC 7578 §4.3 drops
+    multipart/mixed), a part's data holding the boundary (RFC 2046 §5.1.1: it must not; a
+    bare-LF delimiter is read as one by lenient parsers), a name like a policy field."""
     boundary = (kind.param("boundary") or "").encode()
     if not body.startswith(b"--" + boundary + b"\r\n"):
         raise FramingError("The multipart body must start with its boundary.")
     end = b"\r\n--" + boundary + b"--"
     if not (body.endswith(end) or body.endswith(end + b"\r\n")):
         raise FramingError("The multipart body must end with its closing boundary.")
+    delimiter = b"--" + boundary
+    _crlf_framing(body, delimiter)
     parts: list[Part] = []
     state: dict[str, Any] = {"field": b"", "value": b"", "headers": {}, "data": []}
 
@@ -212,7 +246,14 @@ def multipart_parts(body: bytes, kind: MediaType) -> list[Part]:
         if b"content-disposition" not in headers:
             raise FramingError("A multipart part has no Content-Disposition.")
         name, filename = _disposition(headers[b"content-disposition"])
-        parts.append(Part(name, filename, b"".join(state["data"])))
+        if looks_like_policy_field(name):
+            raise FramingError(f"A multipart part is named {name!r}: only exact names are read.")
+        if headers.get(b"content-type", b"").strip().lower().startswith(b"multipart/"):
+            raise FramingError("A multipart part may not itself be multipart.")
+        data = b"".join(state["data"])
+        if delimiter in data:
+            raise FramingError("A multipart part's data holds the boundary.")
+        parts.append(Part(name, filename, data))
 
     parser = MultipartParser(
         boundary,

@@ -10,6 +10,7 @@ It reads nothing and writes nothing; the proxy does the I/O around it.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from keybroker.grants import GrantView
 from keybroker.proxy import scopes
@@ -48,6 +49,8 @@ class BodyFacts:
     stream: bool = False
     store: bool | None = None  # the body's "store" flag, if it sets one
     references: tuple[tuple[str, str], ...] = ()  # (kind, id) of objects the body names
+    models: tuple[str, ...] = ()  # every model the body names, at any depth (a tool's too)
+    stored_prompt: bool = False  # the body runs a stored prompt ("prompt": {"id": ...})
 
 
 @dataclass(frozen=True)
@@ -93,8 +96,59 @@ def check_model(grant: GrantView, model: str | None) -> None:
         )
 
 
+def nested_models(fields: dict[str, Any]) -> tuple[str, ...]:
+    """Every string under a "model" key at any depth: the top-level model, a tool's own
+    (``tools: [{"type": "image_generation", "model": ...}]``) and any other nested one, so
+    that no model-bearing field of the API slips past the list. A JSON schema property named
+    model is an object, not a string, and is not read as one."""
+    found: list[str] = []
+    stack: list[Any] = [fields]
+    while stack:
+        value = stack.pop()
+        if isinstance(value, dict):
+            model = value.get("model")
+            if isinstance(model, str):
+                found.append(model)
+            stack.extend(value.values())
+        elif isinstance(value, list):
+            stack.extend(value)
+    return tuple(found)
+
+
+def stored_prompt(fields: dict[str, Any]) -> bool:
+    # A Responses "prompt" object names a prompt the owner stored outside keybroker, with its
+    # own model and instructions; none is made through the proxy, so none is the grant's.
+    return isinstance(fields.get("prompt"), dict)
+
+
+def check_body(grant: GrantView, route: scopes.Route, model: str | None, facts: BodyFacts) -> None:
+    """The body's every model on the grant's list, no stored prompt, and a model named
+    where the route runs one (for a grant with a model list)."""
+    if facts.stored_prompt:
+        raise Refused(
+            403,
+            "This key may not run a stored prompt: keybroker cannot check its model "
+            "or tell whose it is.",
+            "invalid_request_error",
+            "stored_prompt_not_allowed",
+            param="prompt",
+        )
+    for each in facts.models:
+        check_model(grant, each)
+    if grant.models and model is None and (route.method, route.template) in scopes.MODEL_PAIRS:
+        raise Refused(
+            403,
+            f"This key may only use the models {', '.join(grant.models)}: name one in 'model'.",
+            "invalid_request_error",
+            "model_not_allowed",
+            param="model",
+        )
+
+
 def decide(grant: GrantView, found: scopes.Match, facts: BodyFacts) -> Decision:
     """The decision for a request whose route is listed and granted, once its body is read."""
     check_scope(grant, found)
     check_model(grant, facts.model)
+    if found.route.method == "POST":  # GET and DELETE carry no body
+        check_body(grant, found.route, facts.model, facts)
     return Decision(found.route, found.params, facts)

@@ -138,6 +138,40 @@ SCOPES: tuple[Scope, ...] = (
         on_by_default=False,
     ),
 )
+# The pairs that take a multipart/form-data body, as the API reference lists them (file
+# uploads, upload parts, image edits and variations, audio transcription and translation);
+# every other pair takes JSON only. A form elsewhere would skip the JSON-only checks (the ids
+# a body names, a batch's lines), so it is refused before the upstream.
+MULTIPART_PAIRS = frozenset(
+    {
+        ("POST", "/files"),
+        ("POST", "/uploads/{upload_id}/parts"),
+        ("POST", "/images/edits"),
+        ("POST", "/images/variations"),
+        ("POST", "/audio/transcriptions"),
+        ("POST", "/audio/translations"),
+    }
+)
+# The pairs whose body names the model that runs (and is billed): for a grant with a model
+# list, a body here that names none is refused, since the upstream would pick one itself.
+MODEL_PAIRS = frozenset(
+    {
+        ("POST", "/chat/completions"),
+        ("POST", "/completions"),
+        ("POST", "/responses"),
+        ("POST", "/responses/input_tokens"),
+        ("POST", "/responses/compact"),
+        ("POST", "/embeddings"),
+        ("POST", "/images/generations"),
+        ("POST", "/images/edits"),
+        ("POST", "/images/variations"),
+        ("POST", "/audio/speech"),
+        ("POST", "/audio/transcriptions"),
+        ("POST", "/audio/translations"),
+        ("POST", "/moderations"),
+        ("POST", "/fine_tuning/jobs"),
+    }
+)
 BY_NAME = {scope.name: scope for scope in SCOPES}
 LABELS = {scope.name: scope.label for scope in SCOPES}
 
@@ -173,6 +207,8 @@ def _routes() -> dict[tuple[str, int], list[Route]]:
             seen.add((method, template))
             route = Route(method, template, scope.name)
             table.setdefault((method, len(route.parts)), []).append(route)
+    assert seen >= MULTIPART_PAIRS, MULTIPART_PAIRS - seen
+    assert seen >= MODEL_PAIRS, MODEL_PAIRS - seen
     for routes in table.values():
         routes.sort(key=lambda r: [p.startswith("{") for p in r.parts])
     return table
